@@ -1,0 +1,28 @@
+"""Datasets as uint8 arrays (`load_split`), on-device augmentation, stateless batch order."""
+
+from htakl_jax.data.augment import augment, normalize, random_crop, random_flip
+from htakl_jax.data.batching import (
+    epoch_batches,
+    epoch_permutation,
+    eval_batches,
+    num_batches,
+    process_slice,
+)
+from htakl_jax.data.sources import SOURCES, DatasetInfo, channel_stats, check_split, load_split
+
+__all__ = [
+    "SOURCES",
+    "DatasetInfo",
+    "augment",
+    "channel_stats",
+    "check_split",
+    "epoch_batches",
+    "epoch_permutation",
+    "eval_batches",
+    "load_split",
+    "normalize",
+    "num_batches",
+    "process_slice",
+    "random_crop",
+    "random_flip",
+]

@@ -1,0 +1,731 @@
+"""Dataset sources: one entry point, `load_split`, returning a split as uint8 arrays + metadata.
+
+Sources (the `name` argument):
+
+- "digits": scikit-learn's bundled 8x8 handwritten digits (offline), as uint8 RGB. Split: within
+  each class, in the bundled order, every 5th example (positions 4, 9, 14, ...) is "test", the rest
+  "train" (1442 / 355, stratified, no RNG so it never changes across library versions).
+- "cifar10", "cifar100": tensorflow-datasets prepared data read with `builder.as_data_source`
+  (ArrayRecord, no TensorFlow needed). Preparing/downloading needs TensorFlow and internet; when the
+  data is not prepared the error says how to get it.
+- "cifar10_pickle", "cifar100_pickle": the official python pickle folders `cifar-10-batches-py`
+  (data_batch_1..5, test_batch, batches.meta) and `cifar-100-python` (train, test, meta; fine
+  labels).
+  Pickle files execute code when loaded: only load copies you trust.
+- "image_folder": `root/<split>/<class>/*.{jpg,jpeg,png,bmp}`; classes are the sorted class folders
+  of `root/train` (or of `root/<split>` when there is no train folder), so every split shares one
+  label order.
+- "tiny_imagenet": the native `tiny-imagenet-200` layout (wnids.txt, train/<wnid>/images/*.JPEG,
+  val/images + val/val_annotations.txt, optional words.txt for class names). Labels follow the
+  sorted wnids. Splits "train" and "val"; "test" is an alias of "val" (the official test split is
+  unlabelled).
+
+Channel statistics (`DatasetInfo.mean/std`, [0, 1] units, population std over all pixels) are the
+published constants for the tfds CIFAR sources and, for local sources, computed from the source's
+train split (whichever split is loaded, so train and test are normalised alike).
+
+Images decoded from files (image_folder, tiny_imagenet, tfds) are cached as .npy (see `cache.py`).
+A corrupt or unreadable image file raises a ValueError naming it; `skip_corrupt=True` instead warns,
+names it and leaves it out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from htakl_jax.data import cache as cache_lib
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Metadata of a loaded split.
+
+    mean/std: per RGB channel, in [0, 1] pixel units (for `normalize`).
+    image_size: (H, W) in pixels. skipped: files left out by `skip_corrupt=True`.
+    """
+
+    name: str
+    split: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: tuple[int, int]
+    num_examples: int
+    source_path: str | None = None
+    skipped: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class _Decoded:
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    labels: np.ndarray  # int32 [N]
+    skipped: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- image decoding
+
+
+def _decode_image(path: str) -> np.ndarray:
+    """Decode one image file to uint8 RGB [H, W, 3] (grayscale/palette/RGBA converted)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # forces the full decode so truncated files fail here, not later
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_files(
+    paths: Sequence[str], labels: Sequence[int], *, skip_corrupt: bool, num_workers: int | None
+) -> _Decoded:
+    """Decode `paths` in a thread pool (PIL releases the GIL while decoding)."""
+    if not paths:
+        raise ValueError("no image files to decode")
+
+    def safe_decode(path: str) -> np.ndarray | Exception:
+        try:
+            return _decode_image(path)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for bad/truncated files
+            return e
+
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(safe_decode, paths))
+
+    kept_images, kept_labels, skipped = [], [], []
+    shape = None
+    for path, label, result in zip(paths, labels, results, strict=True):
+        if isinstance(result, Exception):
+            if not skip_corrupt:
+                raise ValueError(
+                    f"corrupt or unreadable image file {path}: {result}. Fix or remove it, or "
+                    "pass skip_corrupt=True to skip such files with a warning."
+                ) from result
+            warnings.warn(
+                f"skipping corrupt or unreadable image file {path}: {result}", stacklevel=3
+            )
+            skipped.append(path)
+            continue
+        if shape is None:
+            shape = result.shape
+        elif result.shape != shape:
+            raise ValueError(
+                f"image {path} has shape {result.shape} but earlier images have {shape}; all "
+                "images of a split must share one size"
+            )
+        kept_images.append(result)
+        kept_labels.append(label)
+    if not kept_images:
+        raise ValueError(f"every image file was unreadable (first: {paths[0]})")
+    return _Decoded(
+        np.stack(kept_images).astype(np.uint8, copy=False),
+        np.asarray(kept_labels, dtype=np.int32),
+        tuple(skipped),
+    )
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _Source:
+    """A dataset source. Subclasses define layout checks, decoding and class names."""
+
+    name: str
+    needs_data_dir: bool = True
+    cacheable: bool = False
+    splits: tuple[str, ...] | None = ("train", "test")  # None: any name the layout offers
+    aliases: dict[str, str] = {}
+    constant_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def resolve(self, data_dir: str | os.PathLike | None) -> Path | None:
+        """Validated root folder (or None for sources without one)."""
+        if not self.needs_data_dir:
+            if data_dir is not None:
+                raise ValueError(f"source {self.name!r} takes no data_dir (got {data_dir!r})")
+            return None
+        if data_dir is None:
+            raise ValueError(f"source {self.name!r} needs data_dir (the dataset folder)")
+        root = Path(data_dir).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"{self.name}: data_dir {root} does not exist")
+        if not root.is_dir():
+            raise NotADirectoryError(f"{self.name}: data_dir {root} is not a folder")
+        return root
+
+    def canonical_split(self, split: str) -> str:
+        split = self.aliases.get(split, split)
+        if self.splits is not None and split not in self.splits:
+            raise ValueError(
+                f"source {self.name!r} has no split {split!r}; choose one of {list(self.splits)}"
+            )
+        return split
+
+    def check(self, root: Path | None, split: str) -> None:
+        """Raise if the layout for `split` is wrong, without decoding anything."""
+
+    def fingerprint_paths(self, root: Path | None, split: str) -> list[Path]:
+        """Files/folders whose listing (names, sizes, mtimes) keys the cache."""
+        return [root] if root is not None else []
+
+    def class_names(self, root: Path | None, split: str) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def decode(
+        self, root: Path | None, split: str, *, skip_corrupt: bool, num_workers: int | None
+    ) -> _Decoded:
+        raise NotImplementedError
+
+
+class _Digits(_Source):
+    name = "digits"
+    needs_data_dir = False
+
+    def class_names(self, root, split):
+        return tuple(str(i) for i in range(10))
+
+    def decode(self, root, split, *, skip_corrupt, num_workers):
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        # 0..16 intensities -> 0..255 (16 * 255 / 16 = 255 exactly).
+        gray = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # [N, 8, 8]
+        targets = bunch.target.astype(np.int32)
+        is_test = np.zeros(len(targets), dtype=bool)
+        for c in np.unique(targets):
+            idx = np.flatnonzero(targets == c)
+            is_test[idx[4::5]] = True
+        keep = is_test if split == "test" else ~is_test
+        images = np.repeat(gray[keep][..., None], 3, axis=-1)
+        return _Decoded(np.ascontiguousarray(images), targets[keep])
+
+
+class _CifarPickle(_Source):
+    def __init__(self, name: str, folder: str, files: dict[str, list[str]], meta_file: str,
+                 label_key: bytes, names_key: bytes):  # fmt: skip
+        self.name = name
+        self.folder = folder
+        self.files = files
+        self.meta_file = meta_file
+        self.label_key = label_key
+        self.names_key = names_key
+
+    def resolve(self, data_dir):
+        root = super().resolve(data_dir)
+        if not (root / self.meta_file).exists() and (root / self.folder).is_dir():
+            root = root / self.folder  # accept the parent of the extracted folder too
+        return root
+
+    def check(self, root, split):
+        for f in [self.meta_file, *self.files[split]]:
+            if not (root / f).is_file():
+                raise FileNotFoundError(
+                    f"{self.name}: {root / f} not found; data_dir must be the extracted "
+                    f"{self.folder} folder (files: {self.meta_file}, "
+                    f"{', '.join(sum(self.files.values(), []))})"
+                )
+
+    def _unpickle(self, path: Path) -> dict:
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+        except Exception as e:  # pickle raises many types on a bad file
+            raise ValueError(f"{self.name}: cannot unpickle {path}: {e}") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{self.name}: {path} does not hold a dict (got {type(d).__name__})")
+        return d
+
+    def class_names(self, root, split):
+        path = root / self.meta_file
+        meta = self._unpickle(path)
+        if self.names_key not in meta:
+            raise ValueError(f"{self.name}: {path} has no key {self.names_key!r}")
+        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[self.names_key])
+
+    def decode(self, root, split, *, skip_corrupt, num_workers):
+        images, labels = [], []
+        for f in self.files[split]:
+            path = root / f
+            d = self._unpickle(path)
+            for key in (b"data", self.label_key):
+                if key not in d:
+                    raise ValueError(f"{self.name}: {path} has no key {key!r}")
+            data = np.asarray(d[b"data"])
+            lab = np.asarray(d[self.label_key], dtype=np.int64)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != lab.shape[0]:
+                raise ValueError(
+                    f"{self.name}: {path} has data of shape {data.shape} and {lab.shape[0]} "
+                    "labels; expected [N, 3072] (R, G, B planes of 32x32) with N labels"
+                )
+            # Rows are channel-major planes: [N, 3, 32, 32] -> NHWC.
+            images.append(data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(lab)
+        return _Decoded(
+            np.ascontiguousarray(np.concatenate(images)),
+            np.concatenate(labels).astype(np.int32),
+        )
+
+
+class _ImageFolder(_Source):
+    name = "image_folder"
+    cacheable = True
+    splits = None
+
+    def check(self, root, split):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(
+                f"image_folder: split folder {split_dir} not found; expected the layout "
+                f"root/<split>/<class>/*.jpg|png (subfolders of {root}: {_subdirs(root)})"
+            )
+        classes = _subdirs(split_dir)
+        if not classes:
+            loose = _list_images(split_dir)
+            what = f"{len(loose)} images directly in it" if loose else "no class subfolders"
+            raise ValueError(
+                f"image_folder: {split_dir} has {what}; expected one subfolder per class "
+                f"({split_dir}/<class>/*.jpg|png)"
+            )
+        known = set(self.class_names(root, split))
+        extra = sorted(set(classes) - known)
+        if extra:
+            raise ValueError(
+                f"image_folder: class folders {extra} in {split_dir} are missing from "
+                f"{root / 'train'}; every split must use the train split's classes"
+            )
+
+    def fingerprint_paths(self, root, split):
+        return [root / split]
+
+    def class_names(self, root, split):
+        ref = root / "train" if (root / "train").is_dir() else root / split
+        return tuple(_subdirs(ref))
+
+    def decode(self, root, split, *, skip_corrupt, num_workers):
+        paths, labels = [], []
+        for label, cls in enumerate(self.class_names(root, split)):
+            cls_dir = root / split / cls
+            if cls_dir.is_dir():
+                files = _list_images(cls_dir)
+                paths += [str(p) for p in files]
+                labels += [label] * len(files)
+        if not paths:
+            raise ValueError(
+                f"image_folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                f"{root / split}"
+            )
+        return _decode_files(paths, labels, skip_corrupt=skip_corrupt, num_workers=num_workers)
+
+
+class _TinyImageNet(_Source):
+    name = "tiny_imagenet"
+    cacheable = True
+    splits = ("train", "val")
+    aliases = {"test": "val"}
+
+    def resolve(self, data_dir):
+        root = super().resolve(data_dir)
+        if not (root / "wnids.txt").is_file() and (root / "tiny-imagenet-200").is_dir():
+            root = root / "tiny-imagenet-200"
+        if not (root / "wnids.txt").is_file():
+            raise FileNotFoundError(
+                f"tiny_imagenet: {root / 'wnids.txt'} not found; data_dir must be the "
+                "tiny-imagenet-200 folder (wnids.txt, train/<wnid>/images/, val/images/, "
+                "val/val_annotations.txt)"
+            )
+        return root
+
+    def _wnids(self, root: Path) -> list[str]:
+        wnids = sorted({w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip()})
+        if not wnids:
+            raise ValueError(f"tiny_imagenet: {root / 'wnids.txt'} lists no wnids")
+        return wnids
+
+    def check(self, root, split):
+        folder = root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"tiny_imagenet: split folder {folder} not found")
+        if split == "train":
+            for w in self._wnids(root):
+                if not (folder / w / "images").is_dir():
+                    raise FileNotFoundError(
+                        f"tiny_imagenet: {folder / w / 'images'} not found (wnid {w} of wnids.txt)"
+                    )
+        else:
+            for p in (folder / "val_annotations.txt", folder / "images"):
+                if not p.exists():
+                    raise FileNotFoundError(f"tiny_imagenet: {p} not found")
+
+    def fingerprint_paths(self, root, split):
+        return [root / "wnids.txt", root / split]
+
+    def class_names(self, root, split):
+        wnids = self._wnids(root)
+        words: dict[str, str] = {}
+        words_file = root / "words.txt"
+        if words_file.is_file():
+            for line in words_file.read_text().splitlines():
+                wnid, _, text = line.partition("\t")
+                if text.strip():
+                    words[wnid.strip()] = text.strip()
+        return tuple(words.get(w, w) for w in wnids)
+
+    def _val_files(self, root: Path, label_of: dict[str, int]) -> tuple[list[str], list[int]]:
+        ann = root / "val" / "val_annotations.txt"
+        paths, labels = [], []
+        for lineno, line in enumerate(ann.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("\t") if "\t" in line else line.split()
+            if len(parts) < 2 or parts[1] not in label_of:
+                raise ValueError(
+                    f"tiny_imagenet: {ann} line {lineno} ({line!r}) does not name an image and a "
+                    "wnid listed in wnids.txt"
+                )
+            path = root / "val" / "images" / parts[0]
+            if not path.is_file():
+                raise FileNotFoundError(f"tiny_imagenet: {path} (listed in {ann}) not found")
+            paths.append(str(path))
+            labels.append(label_of[parts[1]])
+        return paths, labels
+
+    def decode(self, root, split, *, skip_corrupt, num_workers):
+        wnids = self._wnids(root)
+        label_of = {w: i for i, w in enumerate(wnids)}
+        if split == "train":
+            paths, labels = [], []
+            for w in wnids:
+                files = _list_images(root / "train" / w / "images")
+                paths += [str(p) for p in files]
+                labels += [label_of[w]] * len(files)
+        else:
+            paths, labels = self._val_files(root, label_of)
+        if not paths:
+            raise ValueError(f"tiny_imagenet: no images found under {root / split}")
+        return _decode_files(paths, labels, skip_corrupt=skip_corrupt, num_workers=num_workers)
+
+
+class _Tfds(_Source):
+    cacheable = True
+    needs_data_dir = False
+    splits = None  # tfds split syntax, e.g. "train", "test", "train[:90%]"
+
+    def __init__(self, name: str, tfds_name: str, stats, pickle_source: str, url: str):
+        self.name = name
+        self.tfds_name = tfds_name
+        self.constant_stats = stats
+        self.pickle_source = pickle_source
+        self.url = url
+
+    def resolve(self, data_dir):
+        return None if data_dir is None else Path(data_dir).expanduser()
+
+    def builder(self, root: Path | None):
+        import tensorflow_datasets as tfds  # lazy: heavy import, only this source needs it
+
+        return tfds.builder(self.tfds_name, data_dir=None if root is None else str(root))
+
+    def _prepared_builder(self, root: Path | None):
+        from tensorflow_datasets.core import file_adapters
+
+        builder = self.builder(root)
+        n = self.tfds_name
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"{self.name}: tensorflow-datasets data for {n!r} is not prepared at "
+                f"{builder.data_path}. It is read here without TensorFlow, but downloading and "
+                "preparing it needs TensorFlow and internet. Either (1) on a machine with both run "
+                f"`pip install tensorflow tensorflow-datasets && tfds build {n} "
+                f"--file_format=array_record`, then copy ~/tensorflow_datasets/{n} to "
+                f"{Path(builder.data_dir_root) / n} (data_dir is the folder holding {n}/); or (2) "
+                f"download {self.url}, extract it and use source {self.pickle_source!r} with "
+                "data_dir pointing at the extracted folder; or (3) use source 'image_folder' "
+                "with data_dir/<split>/<class>/*.png."
+            )
+        fmt = builder.info.file_format
+        random_access = (file_adapters.FileFormat.ARRAY_RECORD, file_adapters.FileFormat.PARQUET)
+        if fmt not in random_access:
+            raise ValueError(
+                f"{self.name}: {builder.data_path} was prepared as {fmt}, which cannot be read "
+                f"without TensorFlow; rebuild it with `tfds build {n} --file_format=array_record` "
+                "(on a machine with TensorFlow) and copy it here"
+            )
+        return builder
+
+    def check(self, root, split):
+        self._prepared_builder(root)
+
+    def fingerprint_paths(self, root, split):
+        return [Path(self._prepared_builder(root).data_path)]
+
+    def class_names(self, root, split):
+        return tuple(self._prepared_builder(root).info.features["label"].names)
+
+    def decode(self, root, split, *, skip_corrupt, num_workers):
+        source = self._prepared_builder(root).as_data_source(split=split)
+        n = len(source)
+        if n == 0:
+            raise ValueError(f"{self.name}: split {split!r} is empty")
+        first = np.asarray(source[0]["image"])
+        images = np.empty((n, *first.shape[:2], 3), dtype=np.uint8)
+        labels = np.empty((n,), dtype=np.int32)
+        for i in range(n):
+            example = source[i]
+            img = np.asarray(example["image"], dtype=np.uint8)
+            images[i] = np.broadcast_to(img, images.shape[1:])  # [H, W, 1] grayscale -> RGB
+            labels[i] = int(example["label"])
+        return _Decoded(images, labels)
+
+
+_CIFAR10_PICKLE = _CifarPickle(
+    "cifar10_pickle",
+    "cifar-10-batches-py",
+    {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+    "batches.meta",
+    b"labels",
+    b"label_names",
+)
+_CIFAR100_PICKLE = _CifarPickle(
+    "cifar100_pickle",
+    "cifar-100-python",
+    {"train": ["train"], "test": ["test"]},
+    "meta",
+    b"fine_labels",
+    b"fine_label_names",
+)
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+SOURCES: dict[str, _Source] = {
+    s.name: s
+    for s in (
+        _Digits(),
+        _Tfds(
+            "cifar10",
+            "cifar10",
+            _CIFAR10_STATS,
+            "cifar10_pickle",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        ),
+        _Tfds(
+            "cifar100",
+            "cifar100",
+            _CIFAR100_STATS,
+            "cifar100_pickle",
+            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        ),
+        _CIFAR10_PICKLE,
+        _CIFAR100_PICKLE,
+        _ImageFolder(),
+        _TinyImageNet(),
+    )
+}
+
+
+def _get_source(name: str) -> _Source:
+    if name not in SOURCES:
+        raise ValueError(f"unknown dataset source {name!r}; choose one of {sorted(SOURCES)}")
+    return SOURCES[name]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def channel_stats(images_NHWC: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of uint8 images, in [0, 1] units (exact, chunked)."""
+    if images_NHWC.ndim != 4 or images_NHWC.shape[-1] != 3 or images_NHWC.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty [N, H, W, 3] array, got {images_NHWC.shape}")
+    s1 = np.zeros(3, np.float64)
+    s2 = np.zeros(3, np.float64)
+    for start in range(0, images_NHWC.shape[0], 4096):
+        chunk = images_NHWC[start : start + 4096].reshape(-1, 3).astype(np.float64)
+        s1 += chunk.sum(0)
+        s2 += np.square(chunk).sum(0)
+    count = images_NHWC.shape[0] * images_NHWC.shape[1] * images_NHWC.shape[2]
+    mean = s1 / count
+    var = np.maximum(s2 / count - mean**2, 0.0)
+    return tuple(float(m / 255.0) for m in mean), tuple(float(np.sqrt(v) / 255.0) for v in var)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def check_split(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> None:
+    """Validate source name, split name and folder layout without decoding any image.
+
+    Raises the same ValueError/FileNotFoundError that `load_split` would (cheap: for config checks).
+    """
+    src = _get_source(name)
+    root = src.resolve(data_dir)
+    src.check(root, src.canonical_split(split))
+
+
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    skip_corrupt: bool = False,
+    num_workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    """Load one split of a dataset source.
+
+    Args:
+      name: a key of `SOURCES` (see the module docstring).
+      split: "train" / "test" (tiny_imagenet: "train" / "val"; image_folder: any split folder;
+        tfds sources: tfds split syntax).
+      data_dir: the dataset folder (tfds: its data_dir, default ~/tensorflow_datasets).
+      cache_dir: where decoded arrays are cached (default `$HTAKL_JAX_CACHE_DIR` or
+        ~/.cache/htakl_jax). use_cache=False decodes every time and writes nothing.
+      skip_corrupt: warn about and leave out unreadable image files instead of raising.
+      num_workers: decoding threads (default min(8, cpus)).
+
+    Returns:
+      images uint8 [N, H, W, 3], labels int32 [N] in [0, num_classes), DatasetInfo.
+    """
+    images, labels, info = _load(
+        name,
+        split,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        skip_corrupt=skip_corrupt,
+        num_workers=num_workers,
+    )
+    # Cached arrays arrive memory-mapped; hand out ordinary in-memory arrays.
+    return np.array(images, dtype=np.uint8), np.array(labels, dtype=np.int32), info
+
+
+def _load(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None,
+    use_cache: bool,
+    skip_corrupt: bool,
+    num_workers: int | None,
+) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
+    """load_split without the final copy (the train split's stats need only its cache meta)."""
+    src = _get_source(name)
+    root = src.resolve(data_dir)
+    split = src.canonical_split(split)
+    src.check(root, split)
+    class_names = src.class_names(root, split)
+
+    entry = None
+    cached = None
+    if src.cacheable and use_cache:
+        key = cache_lib.cache_key(
+            source=name,
+            root=str(root.resolve()) if root is not None else None,
+            split=split,
+            classes=class_names,
+            skip_corrupt=skip_corrupt,
+            files=cache_lib.tree_fingerprint(src.fingerprint_paths(root, split)),
+        )
+        cache_root = cache_dir if cache_dir is not None else cache_lib.default_cache_root()
+        entry = cache_lib.entry_dir(cache_root, f"{name}-{split}", key)
+        cached = cache_lib.read_entry(entry)
+
+    if cached is not None:
+        images, labels, meta = cached
+        skipped = tuple(meta.get("skipped", ()))
+        for path in skipped:
+            warnings.warn(f"skipped corrupt or unreadable image file {path} (cached)", stacklevel=2)
+    else:
+        decoded = src.decode(root, split, skip_corrupt=skip_corrupt, num_workers=num_workers)
+        images, labels, skipped = decoded.images, decoded.labels, decoded.skipped
+        meta = {"skipped": list(skipped)}
+        if entry is not None:
+            cache_lib.write_entry(entry, images, labels, meta)
+
+    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(
+            f"{name}: labels of split {split!r} span [{labels.min()}, {labels.max()}] but there "
+            f"are {len(class_names)} class names"
+        )
+
+    mean, std = _split_stats(
+        src,
+        split,
+        images,
+        meta,
+        entry,
+        load_train=lambda: _load(
+            name,
+            "train",
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+            skip_corrupt=skip_corrupt,
+            num_workers=num_workers,
+        ),
+        has_train=_has_train_split(src, root),
+    )
+    info = DatasetInfo(
+        name=name,
+        split=split,
+        num_classes=len(class_names),
+        class_names=class_names,
+        mean=mean,
+        std=std,
+        image_size=(int(images.shape[1]), int(images.shape[2])),
+        num_examples=int(images.shape[0]),
+        source_path=None if root is None else str(root),
+        skipped=skipped,
+    )
+    return images, labels, info
+
+
+def _has_train_split(src: _Source, root: Path | None) -> bool:
+    if isinstance(src, _ImageFolder):
+        return (root / "train").is_dir()
+    return True
+
+
+def _split_stats(
+    src: _Source,
+    split: str,
+    images: np.ndarray,
+    meta: dict[str, Any],
+    entry: Path | None,
+    *,
+    load_train: Callable[[], tuple[np.ndarray, np.ndarray, DatasetInfo]],
+    has_train: bool,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Constants if the source has them, else the train split's statistics (cached in meta)."""
+    if src.constant_stats is not None:
+        mean, std = src.constant_stats
+        return tuple(mean), tuple(std)
+    if split != "train" and has_train:
+        info = load_train()[2]
+        return info.mean, info.std
+    if "mean" in meta and "std" in meta:
+        return tuple(meta["mean"]), tuple(meta["std"])
+    mean, std = channel_stats(images)
+    if entry is not None:
+        cache_lib.update_meta(entry, mean=list(mean), std=list(std))
+    return mean, std
