@@ -180,23 +180,74 @@ def fixed_ratio_kl(
     return _apply_where(temperature**2 * (head_ratio * fkl + (1.0 - head_ratio) * rkl), where)
 
 
-def _head_tail_from_probs(p: Array, q: Array, mu: Any) -> tuple[Array, Array]:
-    """Adaptive weights from teacher probs p and student probs q, [..., C] -> ([...], [...]).
+# Above this many classes the head set comes from lax.top_k candidates instead of a full sort.
+_SORT_MAX_CLASSES = 1024
+# Candidates per row for the top-k path; rows whose head extends past them fall back to the sort.
+_TOP_K = 64
 
-    Sort-based reference formulation: rank classes by descending p (ties: lower index first, hence
-    the stable argsort), take the cumulative teacher mass C_k in that order, and put rank k in the
-    head when C_k <= mu or k is the top-1 class. C_k increases with k, so the head is the prefix
-    of the first m = max(1, #{k : C_k <= mu}) ranks.
+
+def _head_gap_sorted(p: Array, q: Array, mu: Any) -> Array:
+    """Summed |p - q| over the head, [..., C] -> [...], by a full sort (the reference path).
+
+    Rank classes by descending p (ties: lower index first, hence the stable argsort), take the
+    cumulative teacher mass C_k in that order, and put rank k in the head when C_k <= mu or k is
+    the top-1 class. C_k increases with k, so the head is the prefix of the first
+    m = max(1, #{k : C_k <= mu}) ranks.
     """
     order = jnp.argsort(-p, axis=-1, stable=True)
     p_sorted = jnp.take_along_axis(p, order, axis=-1)
     gap_sorted = jnp.abs(p_sorted - jnp.take_along_axis(q, order, axis=-1))
-    n_head = jnp.maximum(jnp.sum(jnp.cumsum(p_sorted, axis=-1) <= mu, axis=-1), 1)
+    cum_sorted = jnp.cumsum(p_sorted, axis=-1)
+    # Normalising by the computed total makes the last C_k exactly 1, so mu = 1 selects every
+    # class even when float rounding leaves sum(p) a little above 1.
+    cum_sorted = cum_sorted / cum_sorted[..., -1:]
+    n_head = jnp.maximum(jnp.sum(cum_sorted <= mu, axis=-1), 1)
     in_head = jnp.arange(p.shape[-1]) < n_head[..., None]
-    g_head = jnp.sum(jnp.where(in_head, gap_sorted, 0.0), axis=-1)
-    g_total = jnp.sum(gap_sorted, axis=-1)
+    return jnp.sum(jnp.where(in_head, gap_sorted, 0.0), axis=-1)
+
+
+def _head_gap_top_k(p: Array, q: Array, mu: Any, k: int) -> tuple[Array, Array]:
+    """Head gap from the k most probable teacher classes only, [..., C] -> ([...], [...] bool).
+
+    The head is a prefix of the ranking, so when the cumulative mass of the k candidates exceeds
+    mu the head ends among them and the result equals `_head_gap_sorted` (lax.top_k also ranks
+    ties by lower index). The second output says, per row, whether that holds.
+    """
+    p_top, idx = jax.lax.top_k(p, k)
+    gap_top = jnp.abs(p_top - jnp.take_along_axis(q, idx, axis=-1))
+    cum_top = jnp.cumsum(p_top, axis=-1) / jnp.sum(p, axis=-1, keepdims=True)
+    n_head = jnp.maximum(jnp.sum(cum_top <= mu, axis=-1), 1)
+    g_head = jnp.sum(jnp.where(jnp.arange(k) < n_head[..., None], gap_top, 0.0), axis=-1)
+    exact = (cum_top[..., -1] > mu) | (k == p.shape[-1])
+    return g_head, exact
+
+
+def _head_tail_from_probs(
+    p: Array, q: Array, mu: Any, valid: Array | None = None, path: str = "auto"
+) -> tuple[Array, Array]:
+    """Adaptive weights from teacher probs p and student probs q, [..., C] -> ([...], [...]).
+
+    `path` picks how the head set is found: "sort" (full stable sort, O(C log C) per row),
+    "top_k" (lax.top_k candidates, a few passes over memory; rows whose head is longer than the
+    candidates make the whole batch fall back to the sort, so the result is always exact), or
+    "auto" (sort for C <= _SORT_MAX_CLASSES, else top_k). `valid` marks rows whose weights
+    matter; padded rows never trigger the fallback.
+    """
+    num_classes = p.shape[-1]
+    if path == "auto":
+        path = "sort" if num_classes <= _SORT_MAX_CLASSES else "top_k"
+    if path == "sort":
+        g_head = _head_gap_sorted(p, q, mu)
+    elif path == "top_k":
+        g_head, exact = _head_gap_top_k(p, q, mu, min(num_classes, _TOP_K))
+        if valid is not None:
+            exact = exact | ~jnp.asarray(valid, bool)
+        g_head = jax.lax.cond(jnp.all(exact), lambda: g_head, lambda: _head_gap_sorted(p, q, mu))
+    else:
+        raise ValueError(f"unknown head-set path {path!r}; expected 'auto', 'sort' or 'top_k'")
+    g_total = jnp.sum(jnp.abs(p - q), axis=-1)
     safe_total = jnp.where(g_total > 0, g_total, 1.0)
-    w_head = jnp.where(g_total > 0, g_head / safe_total, 0.5)
+    w_head = jnp.where(g_total > 0, jnp.minimum(g_head / safe_total, 1.0), 0.5)
     return w_head, 1.0 - w_head
 
 
@@ -228,7 +279,9 @@ def _hta_kl_and_weight(
     """Per-example HTA-KL [...] and its head weight [...], sharing one softmax pass."""
     _check_mu(mu)
     log_p, p, log_q, q = _prepare(student_logits, teacher_logits, temperature, where)
-    w_head, w_tail = _head_tail_from_probs(jax.lax.stop_gradient(p), jax.lax.stop_gradient(q), mu)
+    w_head, w_tail = _head_tail_from_probs(
+        jax.lax.stop_gradient(p), jax.lax.stop_gradient(q), mu, valid=where
+    )
     fkl, rkl = _kl(log_p, p, log_q), _kl(log_q, q, log_p)
     return _apply_where(temperature**2 * (w_head * fkl + w_tail * rkl), where), w_head
 
