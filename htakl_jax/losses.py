@@ -222,6 +222,16 @@ def _head_gap_top_k(p: Array, q: Array, mu: Any, k: int) -> tuple[Array, Array]:
     return g_head, exact
 
 
+def _keep_gap(g_head: Array, p: Array, q: Array, mu: Any) -> Array:
+    del p, q, mu
+    return g_head
+
+
+def _head_gap_sorted_branch(g_head: Array, p: Array, q: Array, mu: Any) -> Array:
+    del g_head
+    return _head_gap_sorted(p, q, mu)
+
+
 def _head_tail_from_probs(
     p: Array, q: Array, mu: Any, valid: Array | None = None, path: str = "auto"
 ) -> tuple[Array, Array]:
@@ -242,7 +252,8 @@ def _head_tail_from_probs(
         g_head, exact = _head_gap_top_k(p, q, mu, min(num_classes, _TOP_K))
         if valid is not None:
             exact = exact | ~jnp.asarray(valid, bool)
-        g_head = jax.lax.cond(jnp.all(exact), lambda: g_head, lambda: _head_gap_sorted(p, q, mu))
+        # Module-level branches with explicit operands, so eager calls hit the compilation cache.
+        g_head = jax.lax.cond(jnp.all(exact), _keep_gap, _head_gap_sorted_branch, g_head, p, q, mu)
     else:
         raise ValueError(f"unknown head-set path {path!r}; expected 'auto', 'sort' or 'top_k'")
     g_total = jnp.sum(jnp.abs(p - q), axis=-1)
