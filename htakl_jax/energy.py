@@ -7,13 +7,16 @@ per image times its kernel fan-in (``kh * kw * C_in / groups`` for a conv, ``D_i
 layer). BatchNorm, pooling, additions and neurons are not counted (they are not MACs / ACs in the
 45 nm energy model). The direct-encoding first conv runs once per image, not once per timestep,
 so its count is per image; every other count is per image per timestep.
+
+:func:`estimate_energy` turns the counts and measured input spike rates into the paper's Table III
+columns (OPs, ACs, MACs, energy with the 45 nm costs of :func:`energy_mj`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import flax.linen as nn
@@ -113,3 +116,112 @@ def total_macs(
         else model_or_records
     )
     return sum(r.macs for r in records if spike_input is None or r.spike_input == spike_input)
+
+
+# ----------------------------------------------------------------------------- energy (45 nm)
+
+# Energy per operation in picojoules, 45 nm CMOS (Horowitz 2014), as used by the paper's Table III.
+E_AC_PJ = 0.9
+E_MAC_PJ = 4.6
+
+
+def energy_mj(
+    acs: float, macs: float, *, e_ac_pj: float = E_AC_PJ, e_mac_pj: float = E_MAC_PJ
+) -> float:
+    """Energy in millijoules of ``acs`` accumulates and ``macs`` multiply-accumulates.
+
+    ``E = e_ac_pj * ACs + e_mac_pj * MACs`` (pJ), converted to mJ (1 mJ = 1e9 pJ). The paper's
+    HTA-KL ResNet-19 row: ``energy_mj(2.11e9, 26.68e6) == 2.02173``.
+    """
+    for name, value in (("acs", acs), ("macs", macs), ("e_ac_pj", e_ac_pj), ("e_mac_pj", e_mac_pj)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return (e_ac_pj * acs + e_mac_pj * macs) * 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOps:
+    """Synaptic operations of one layer for one image over all timesteps.
+
+    macs_per_step: :attr:`LayerMACs.macs` (dense-equivalent operations per image per timestep; per
+      image for the direct-encoding first conv).
+    input_rate: spikes per input element per timestep (None for a layer fed by real values).
+    acs: ``macs_per_step * input_rate * T`` for a spike-fed layer, else 0.
+    macs: the layer's MACs when fed by real values (once per image), else 0.
+    """
+
+    path: str
+    kind: str
+    spike_input: bool
+    source: str | None
+    macs_per_step: int
+    input_rate: float | None
+    acs: float
+    macs: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyEstimate:
+    """Per-image operation counts and energy of a model (the columns of the paper's Table III).
+
+    ops: dense-equivalent operations, total MACs per image per timestep times T (the paper's OPs).
+    acs / macs: sums over :attr:`layers`. energy_mj: :func:`energy_mj` of them.
+    """
+
+    timesteps: int
+    layers: tuple[LayerOps, ...]
+    ops: float
+    acs: float
+    macs: float
+    energy_mj: float
+    e_ac_pj: float
+    e_mac_pj: float
+
+
+def estimate_energy(
+    records: Sequence[LayerMACs],
+    input_rates: Mapping[str, float],
+    timesteps: int,
+    *,
+    e_ac_pj: float = E_AC_PJ,
+    e_mac_pj: float = E_MAC_PJ,
+) -> EnergyEstimate:
+    """Per-image ACs, MACs and energy of a model from its :func:`count_macs` ``records``.
+
+    Args:
+      records: :func:`count_macs` output.
+      input_rates: layer path -> input spike rate (spikes per input element per timestep, e.g.
+        :meth:`htakl_jax.analysis.firing.SpikeStats.input_rates`) for every ``spike_input`` layer.
+      timesteps: T the rates were measured at (1 for an ANN, whose layers are all MACs).
+      e_ac_pj / e_mac_pj: energy per AC / MAC in pJ.
+
+    A spike-fed layer costs ``macs x input_rate x T`` ACs (one accumulate per arriving spike and
+    synapse); a layer fed by real values costs its MACs once per image (the direct-encoding first
+    conv runs once, see :func:`count_macs`).
+    """
+    if not isinstance(timesteps, int) or timesteps < 1:
+        raise ValueError(f"timesteps must be a positive int, got {timesteps!r}")
+    layers = []
+    for r in records:
+        if r.spike_input:
+            if r.path not in input_rates:
+                raise ValueError(f"input_rates has no rate for spike-fed layer {r.path!r}")
+            rate = float(input_rates[r.path])
+            if not rate >= 0:
+                raise ValueError(f"input_rates[{r.path!r}] must be >= 0, got {rate!r}")
+            acs, macs = r.macs * rate * timesteps, 0.0
+        else:
+            rate, acs, macs = None, 0.0, float(r.macs)
+        layers.append(LayerOps(r.path, r.kind, r.spike_input, r.source, r.macs, rate, acs, macs))
+    acs = sum(x.acs for x in layers)
+    macs = sum(x.macs for x in layers)
+    return EnergyEstimate(
+        timesteps=timesteps,
+        layers=tuple(layers),
+        ops=float(total_macs(records) * timesteps),
+        acs=acs,
+        macs=macs,
+        energy_mj=energy_mj(acs, macs, e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj),
+        e_ac_pj=e_ac_pj,
+        e_mac_pj=e_mac_pj,
+    )

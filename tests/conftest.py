@@ -1,4 +1,4 @@
-"""Test configuration: 4 virtual CPU devices so data-parallel code runs as on a multi-device host."""
+"""Test configuration: 4 virtual CPU devices for the data-parallel tests."""
 
 import os
 

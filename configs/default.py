@@ -1,0 +1,128 @@
+"""Default configuration: every key the training system reads, with its meaning and unit.
+
+Experiment configs (`configs/cifar.py`, `configs/quickstart.py`, ...) start from `get_config()` here
+and override values; they never add keys, so `htakl_jax.config_validation` can reject unknown keys.
+Command-line overrides work on any key, e.g. `--config.teacher.epochs=3`.
+
+Hyperparameters follow the paper where it states them (SGD momentum 0.9, student LR 0.01 with cosine
+decay, batch 128, 300 epochs, random crop + horizontal flip). Where the paper is silent we chose:
+- KD temperature 4.0 and alpha 0.9 (the usual CIFAR KD setting, e.g. Hinton-style KD baselines);
+- weight decay 5e-4 on conv/dense kernels only (not on BN scales/biases) for teacher and student;
+- teacher: SGD LR 0.1 with cosine decay, 300 epochs, batch 128 (standard CIFAR ANN recipe);
+- no warmup (warmup_epochs = 0), no Nesterov.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default (CIFAR-10, ResNet-20, T=4, HTA-KL) configuration, unlocked."""
+    c = ml_collections.ConfigDict()
+
+    # Root seed: parameter init, data order (per epoch) and augmentation (per step) derive from it.
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    # Registry name in htakl_jax.data: cifar10, cifar100 (tfds), cifar10_pickle, cifar100_pickle,
+    # image_folder, tiny_imagenet, digits.
+    c.data.name = "cifar10"
+    # Root of the source ('' = the source's default, e.g. ~/tensorflow_datasets for tfds).
+    c.data.data_dir = ""
+    # Where decoded arrays are cached ('' = ~/.cache/htakl_jax).
+    c.data.cache_dir = ""
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    # Random crop: zero padding in pixels on each side (0 disables the crop).
+    c.data.pad = 4
+    # Random horizontal flip.
+    c.data.flip = True
+
+    c.model = ml_collections.ConfigDict()
+    # resnet19, resnet20, vgg16, sew_resnet18, sew_resnet34 (same topology for teacher and student).
+    c.model.name = "resnet20"
+    # Scales every channel width (1.0 = the paper's models).
+    c.model.width_mult = 1.0
+    # Compute dtype of the models: float32 or bfloat16 (parameters stay float32).
+    c.model.dtype = "float32"
+    c.model.neuron = ml_collections.ConfigDict()
+    # LIF membrane time constant (dimensionless, in timesteps).
+    c.model.neuron.tau = 2.0
+    c.model.neuron.v_threshold = 1.0
+    # Hard-reset potential; None = soft reset (subtract the threshold).
+    c.model.neuron.v_reset = config_dict.placeholder(float)
+    c.model.neuron.v_reset = 0.0
+    c.model.neuron.decay_input = True
+    c.model.neuron.detach_reset = False
+    # Surrogate gradient: sigmoid, atan, rectangle, triangle, superspike; and its alpha.
+    c.model.neuron.surrogate = "sigmoid"
+    c.model.neuron.surrogate_alpha = 4.0
+    # Rematerialise the LIF scan in the backward pass (saves memory at large T).
+    c.model.neuron.remat = False
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.epochs = 300
+    # Global batch size (over all devices and hosts); must be divisible by the device count.
+    c.teacher.batch_size = 128
+    # Peak learning rate; cosine decay to 0 over all steps after a linear warmup.
+    c.teacher.lr = 0.1
+    c.teacher.warmup_epochs = 0
+    c.teacher.momentum = 0.9
+    c.teacher.nesterov = False
+    # L2 weight decay on conv/dense kernels, added to the gradient before momentum.
+    c.teacher.weight_decay = 5e-4
+
+    c.student = ml_collections.ConfigDict()
+    # Training timesteps T of the spiking student.
+    c.student.timesteps = 4
+    # ce, fkl, rkl, symmetric, fixed_ratio, hta_kl (see htakl_jax.losses).
+    c.student.method = "hta_kl"
+    # Loss = (1 - alpha) * CE + alpha * KD.
+    c.student.alpha = 0.9
+    # KD temperature tau_kd (> 0).
+    c.student.temperature = 4.0
+    # HTA-KL head threshold: cumulative teacher mass of the head, in (0, 1].
+    c.student.mu = 0.5
+    # fixed_ratio only: weight r of FKL (1 - r for RKL), in [0, 1]; None elsewhere.
+    c.student.head_ratio = config_dict.placeholder(float)
+    # Teacher checkpoint directory ('' = WORKDIR/teacher); its best-accuracy checkpoint is used.
+    c.student.teacher_checkpoint = ""
+    c.student.epochs = 300
+    c.student.batch_size = 128
+    c.student.lr = 0.01
+    c.student.warmup_epochs = 0
+    c.student.momentum = 0.9
+    c.student.nesterov = False
+    c.student.weight_decay = 5e-4
+
+    c.eval = ml_collections.ConfigDict()
+    # Student accuracy is reported at each of these T (same parameters, T overridden at apply).
+    c.eval.timesteps = (1, 2, 4, 6)
+    # Global eval batch size; the last partial batch is padded and masked.
+    c.eval.batch_size = 256
+    # Evaluate (and maybe save the best checkpoint) every this many epochs (and after the last).
+    c.eval.every_epochs = 1
+
+    c.checkpoint = ml_collections.ConfigDict()
+    # Save the latest state every this many epochs (and always after the last epoch / on SIGTERM).
+    c.checkpoint.every_epochs = 1
+    # Number of latest checkpoints kept (the best-accuracy one is kept separately).
+    c.checkpoint.keep = 2
+    # Write checkpoints in a background thread (waited for before exit).
+    c.checkpoint.async_save = True
+
+    # Console progress every this many steps (loss is also checked for NaN/Inf at that point).
+    c.log_every_steps = 50
+
+    c.distributed = ml_collections.ConfigDict()
+    # Call jax.distributed.initialize(): 'auto' = when JAX_COORDINATOR_ADDRESS (or a cluster
+    # environment JAX auto-detects, e.g. SLURM/TPU with several processes) is present; 'yes'; 'no'.
+    c.distributed.initialize = "auto"
+    # Explicit coordinator 'host:port', process count and id ('' / -1 = from env / auto-detect).
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = -1
+    c.distributed.process_id = -1
+
+    return c

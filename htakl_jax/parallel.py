@@ -1,0 +1,156 @@
+"""Data parallelism: one 'data' mesh axis over every device of every host.
+
+A training step is written per device (it sees its shard of the batch) and wrapped by
+`data_parallel` in `jax.shard_map`: batch arguments are sharded P('data'), everything else
+(parameters, optimizer state, teacher variables) is replicated P(). Inside the step, gradients are
+averaged with `lax.pmean(..., DATA_AXIS)` and BatchNorm statistics are global because the models
+are built with `bn_axis_name=DATA_AXIS`; so a step over N devices equals a 1-device step on the same
+global batch. One device is the same code on a 1-device mesh.
+
+Multi-host: `maybe_initialize_distributed` runs `jax.distributed.initialize()` when configured, each
+process loads only its part of the global batch, and `global_batch` assembles the global array with
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+# Environment variables that mean "this process is one of several": jax.distributed.initialize()
+# can read its arguments from them (explicitly, or through its cluster auto-detection).
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed(
+    mode: str = "auto",
+    *,
+    coordinator_address: str = "",
+    num_processes: int = -1,
+    process_id: int = -1,
+) -> bool:
+    """Calls `jax.distributed.initialize` if asked to; returns whether it did.
+
+    mode: 'yes' always initializes; 'no' never; 'auto' initializes when a coordinator address is
+    given or found in the environment (JAX_COORDINATOR_ADDRESS), or when SLURM runs several tasks.
+    Must run before any other JAX call that touches devices.
+    """
+    if mode not in ("auto", "yes", "no"):
+        raise ValueError(f"distributed.initialize must be 'auto', 'yes' or 'no', got {mode!r}")
+    if mode == "no":
+        return False
+    env_present = any(os.environ.get(k) for k in _DISTRIBUTED_ENV)
+    slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+    if mode == "auto" and not (coordinator_address or env_present or slurm_multi):
+        return False
+    kwargs: dict[str, Any] = {}
+    address = coordinator_address or next(
+        (os.environ[k] for k in _DISTRIBUTED_ENV if os.environ.get(k)), ""
+    )
+    if address:
+        kwargs["coordinator_address"] = address
+    if num_processes > 0:
+        kwargs["num_processes"] = num_processes
+    elif os.environ.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id >= 0:
+        kwargs["process_id"] = process_id
+    elif os.environ.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+    logging.info(
+        "jax.distributed initialized: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis 'data' over `devices` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("make_mesh: `devices` is empty")
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding that keeps a full copy on every device of `mesh`."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding that splits the leading (batch) axis over the 'data' axis of `mesh`."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every leaf of `tree` (identical on all processes) fully replicated on `mesh`."""
+    sharding = replicated(mesh)
+
+    def put(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.device_put(x, sharding)
+        x = np.asarray(x)
+        # make_array_from_callback also works when `mesh` spans devices of other hosts.
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """The rows of a global batch that this process loads (its devices' share)."""
+    n_dev = mesh.devices.size
+    if global_batch_size % n_dev:
+        raise ValueError(
+            f"batch size {global_batch_size} is not divisible by the device count {n_dev}"
+        )
+    n_local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    return global_batch_size // n_dev * n_local
+
+
+def global_batch(local_tree: Any, mesh: Mesh) -> Any:
+    """Assembles process-local host arrays [B_local, ...] into global arrays [B, ...] on `mesh`.
+
+    Each process passes its own contiguous part of the global batch (in process order).
+    """
+    sharding = batch_sharded(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_tree
+    )
+
+
+def data_parallel(
+    step_fn: Callable[..., Any],
+    mesh: Mesh,
+    *,
+    num_replicated: int,
+    num_sharded: int,
+    donate_first: bool = True,
+) -> Callable[..., Any]:
+    """Jits `step_fn(*replicated_args, *sharded_args)` as an SPMD step over `mesh`.
+
+    The first `num_replicated` arguments are replicated P(), the next `num_sharded` are split on
+    their leading axis P('data'); all outputs are replicated (the step must reduce them with
+    pmean/psum over 'data'). With donate_first the first argument's buffers (the train state) are
+    donated.
+    """
+    in_specs = (P(),) * num_replicated + (P(DATA_AXIS),) * num_sharded
+    # check_vma=False gives pmap's semantics: the gradient of replicated parameters is the local
+    # one and the step averages it with an explicit pmean. With check_vma=True JAX would insert
+    # the cross-device sum into the transpose itself and the pmean would no longer average.
+    mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
+    return jax.jit(mapped, donate_argnums=(0,) if donate_first else ())

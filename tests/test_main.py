@@ -1,0 +1,237 @@
+"""Config validation (each error), and the CLI end to end in subprocesses."""
+
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+
+from htakl_jax import checkpoint as ckpt_lib
+from htakl_jax import config_validation as cv
+from htakl_jax.train import TrainState
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = str(ROOT / "configs" / "quickstart.py")
+
+
+def _config():
+    return runpy.run_path(QUICKSTART)["get_config"]()
+
+
+def _validate(config, tmp_path, mode="all", num_devices=4):
+    cv.validate(config, mode=mode, workdir=str(tmp_path / "work"), num_devices=num_devices)
+
+
+def test_valid_configs_pass_and_write_nothing(tmp_path):
+    _validate(_config(), tmp_path)
+    for name, arg in [("cifar.py", "cifar100,vgg16,2"), ("tiny_imagenet.py", "resnet20,1")]:
+        config = runpy.run_path(str(ROOT / "configs" / name))["get_config"](arg)
+        cv.check_keys_and_types(config)
+        cv.check_values(config, num_devices=8)
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("student.timesteps", 0, r"config.student.timesteps \(T\) must be >= 1"),
+        ("eval.timesteps", (0, 2), "config.eval.timesteps must all be >= 1"),
+        ("student.mu", 0.0, r"config.student.mu must be in \(0, 1\]"),
+        ("student.mu", 1.5, r"config.student.mu must be in \(0, 1\]"),
+        ("student.temperature", 0.0, "config.student.temperature must be > 0"),
+        ("student.alpha", -0.1, r"config.student.alpha must be in \[0, 1\]"),
+        ("student.alpha", 1.1, r"config.student.alpha must be in \[0, 1\]"),
+        ("student.method", "kl", "config.student.method must be one of"),
+        ("student.method", "fixed_ratio", "config.student.head_ratio must be set for method fixed"),
+        ("student.batch_size", 30, "config.student.batch_size must be divisible by the device"),
+        ("teacher.batch_size", 6, "config.teacher.batch_size must be divisible by the device"),
+        ("eval.batch_size", 10, "config.eval.batch_size must be divisible by the device"),
+        ("model.name", "resnet50", "config.model.name must be one of"),
+        ("data.name", "mnist", "config.data.name must be one of"),
+        ("teacher.epochs", 0, "config.teacher.epochs must be >= 1"),
+    ],
+)
+def test_each_bad_value_is_named(tmp_path, key, value, message):
+    config = _config()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        _validate(config, tmp_path)
+    assert not (tmp_path / "work").exists()
+
+
+def test_unknown_keys_and_wrong_types(tmp_path):
+    config = _config()
+    config.student.bogus = 1
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['student.bogus'\]"):
+        _validate(config, tmp_path)
+    config = _config()
+    with config.ignore_type():
+        config.student.timesteps = "4"
+    with pytest.raises(ValueError, match="config.student.timesteps must be of type int, got '4'"):
+        _validate(config, tmp_path)
+    config = _config()
+    del config.teacher["lr"]
+    with pytest.raises(ValueError, match=r"missing config key\(s\) \['teacher.lr'\]"):
+        _validate(config, tmp_path)
+    with pytest.raises(ValueError, match="--mode must be one of"):
+        _validate(_config(), tmp_path, mode="train")
+
+
+def test_dataset_path_missing_or_wrong_layout(tmp_path):
+    config = _config()
+    config.data.name = "image_folder"
+    config.data.data_dir = str(tmp_path / "nowhere")
+    with pytest.raises((ValueError, FileNotFoundError), match="nowhere"):
+        _validate(config, tmp_path)
+    (tmp_path / "imgs" / "val" / "cat").mkdir(parents=True)  # no train/ or test/ split folder
+    config.data.data_dir = str(tmp_path / "imgs")
+    with pytest.raises((ValueError, FileNotFoundError), match="imgs"):
+        _validate(config, tmp_path)
+    assert not (tmp_path / "work").exists()
+
+
+def _fake_checkpoint(phase_dir, **model):
+    state = TrainState(
+        step=jnp.asarray(3, jnp.int32),
+        params={"w": jnp.ones(2)},
+        batch_stats={},
+        opt_state=(),
+    )
+    ck = ckpt_lib.PhaseCheckpoints(str(phase_dir), async_save=False)
+    ck.save(state, {"epoch": 1, "finished": True, "model": model}, best=True)
+    ck.close()
+
+
+def test_teacher_checkpoint_missing_or_mismatched(tmp_path):
+    config = _config()
+    with pytest.raises(FileNotFoundError, match="no teacher checkpoint in .*teacher"):
+        _validate(config, tmp_path, mode="distill")
+    with pytest.raises(FileNotFoundError, match="no teacher checkpoint"):
+        _validate(config, tmp_path, mode="eval")
+
+    teacher = tmp_path / "work" / "teacher"
+    width = config.model.width_mult
+    _fake_checkpoint(teacher, name="vgg16", width_mult=width, num_classes=10)
+    with pytest.raises(
+        ValueError, match=r"checkpoint .*teacher.*best.*3.* name: checkpoint has 'vgg16'"
+    ):
+        _validate(config, tmp_path, mode="distill")
+    _fake_checkpoint(tmp_path / "t2", name="resnet20", width_mult=width, num_classes=100)
+    config.student.teacher_checkpoint = str(tmp_path / "t2")
+    _validate(config, tmp_path, mode="distill")  # architecture matches; classes need the data
+    with pytest.raises(ValueError, match="num_classes: checkpoint has 100, expected 10"):
+        cv.check_existing_checkpoints(config, 10, mode="distill", workdir=str(tmp_path / "work"))
+    with pytest.raises(FileNotFoundError, match="no student checkpoint"):
+        _validate(config, tmp_path, mode="eval")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _env(cache_dir):
+    env = dict(os.environ)
+    # Compiled programs are shared between the CLI runs of this module.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
+
+
+def _cli(workdir, *flags, env, timeout=600):
+    cmd = [sys.executable, "-m", "htakl_jax.main", f"--config={QUICKSTART}", f"--workdir={workdir}"]
+    return subprocess.run(
+        cmd + list(flags), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+TINY = (
+    "--config.model.width_mult=0.0625",
+    "--config.teacher.epochs=1",
+    "--config.student.epochs=1",
+    "--config.eval.timesteps=(1,2)",
+)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def test_cli_invalid_config_exits_nonzero_and_touches_nothing(tmp_path, cache_dir):
+    workdir = tmp_path / "work"
+    r = _cli(workdir, "--config.student.mu=1.5", env=_env(cache_dir))
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "config.student.mu must be in (0, 1]" in r.stderr
+    r = _cli(workdir, "--config.student.bogus=1", env=_env(cache_dir))
+    assert r.returncode != 0 and "bogus" in r.stderr
+    assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_cli_mode_all_end_to_end_then_reuses_teacher(tmp_path, cache_dir):
+    workdir = tmp_path / "work"
+    r = _cli(workdir, *TINY, env=_env(cache_dir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results) >= {"teacher_accuracy", "student_accuracy", "student_timesteps", "config"}
+    assert set(results["student_accuracy"]) == {"1", "2"}
+    assert 0.0 <= results["teacher_accuracy"] <= 1.0
+    assert all(0.0 <= a <= 1.0 for a in results["student_accuracy"].values())
+    assert results["config"]["model"]["width_mult"] == 0.0625
+    assert results["config"]["student"]["method"] == "hta_kl"
+    for phase in ("teacher", "student"):
+        lines = (workdir / phase / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and "eval_accuracy" in json.loads(lines[0])
+    teacher_steps = os.listdir(workdir / "teacher" / ckpt_lib.LATEST_DIR)
+
+    # Same workdir, more student epochs: the finished teacher is reused, the student resumes.
+    r = _cli(
+        workdir, *TINY[:-2], "--config.student.epochs=2", "--mode=distill", env=_env(cache_dir)
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "student: resumed from step 22" in r.stderr
+    assert os.listdir(workdir / "teacher" / ckpt_lib.LATEST_DIR) == teacher_steps
+    assert len((workdir / "student" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_cli_sigterm_saves_and_resume_continues(tmp_path, cache_dir):
+    workdir = tmp_path / "work"
+    flags = (
+        "--config.model.width_mult=0.0625",
+        "--config.teacher.epochs=500",
+        "--config.checkpoint.every_epochs=1000",
+        "--config.eval.every_epochs=1000",
+        "--mode=teacher",
+    )
+    cmd = [sys.executable, "-m", "htakl_jax.main", f"--config={QUICKSTART}", f"--workdir={workdir}"]
+    proc = subprocess.Popen(
+        cmd + list(flags), cwd=ROOT, env=_env(cache_dir), stderr=subprocess.PIPE, text=True
+    )
+    metrics = workdir / "teacher" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no epoch finished within 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    steps = [int(s) for s in os.listdir(workdir / "teacher" / ckpt_lib.LATEST_DIR)]
+    assert len(steps) == 1 and steps[0] >= 22  # only the SIGTERM save; at least one epoch done
+    stopped = steps[0]
+
+    epochs = stopped // 22 + 2  # finish within two more epochs
+    resume_flags = [
+        f"--config.teacher.epochs={epochs}" if "teacher.epochs" in f else f for f in flags
+    ]
+    r = _cli(workdir, *resume_flags, env=_env(cache_dir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"teacher: resumed from step {stopped}" in r.stderr
+    _, meta = ckpt_lib.read_meta(str(workdir / "teacher"), prefer_best=False)
+    assert meta["finished"] and meta["step"] == epochs * 22

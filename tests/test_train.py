@@ -1,0 +1,181 @@
+"""Training loop: exact resume, NaN stop, optimizer and schedule."""
+
+import json
+import os
+import runpy
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from htakl_jax import checkpoint as ckpt_lib
+from htakl_jax import data, parallel, train
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TRAIN, BATCH = 64, 16  # 4 steps per epoch, 4 examples per device
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = runpy.run_path(str(ROOT / "configs" / "quickstart.py"))["get_config"]()
+    config.model.width_mult = 0.0625
+    config.teacher.epochs = 2
+    config.teacher.batch_size = BATCH
+    config.eval.batch_size = 32
+    config.log_every_steps = 3
+    images, labels, info = data.load_split("digits", "train")
+    test_images, test_labels, _ = data.load_split("digits", "test")
+    train_ds = train.Dataset(images[:N_TRAIN], labels[:N_TRAIN])
+    eval_ds = train.Dataset(test_images[:40], test_labels[:40])  # 40: a padded last eval batch
+    return config, info, train_ds, eval_ds, parallel.make_mesh()
+
+
+def _teacher(setup, workdir, **kw):
+    config, info, train_ds, eval_ds, mesh = setup
+    return train.train_phase(
+        "teacher",
+        config,
+        str(workdir),
+        mesh=mesh,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
+        info=info,
+        **kw,
+    )
+
+
+def _latest(setup, workdir):
+    config, info, train_ds, _, mesh = setup
+    program = train._phase_program(
+        "teacher",
+        config.to_json(sort_keys=True),
+        info.num_classes,
+        len(train_ds) // BATCH,
+        tuple(train_ds.images.shape[1:]),
+        train._stats(info),
+        mesh,
+    )
+    abstract = ckpt_lib.abstract_like(
+        jax.eval_shape(program.init_fn, jax.random.key(0)), parallel.replicated(mesh)
+    )
+    ck = ckpt_lib.PhaseCheckpoints(os.path.join(workdir, "teacher"))
+    try:
+        return ck.restore_latest(abstract)
+    finally:
+        ck.close()
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "teacher", "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    meta = _teacher(setup, workdir)
+    return workdir, meta
+
+
+@pytest.mark.parametrize("stop_after", [4, 6], ids=["epoch_boundary", "mid_epoch"])
+def test_resume_equals_uninterrupted_bitwise(setup, uninterrupted, tmp_path, stop_after):
+    straight_dir, straight_meta = uninterrupted
+    with pytest.raises(train.Preempted, match=f"step {stop_after}"):
+        _teacher(setup, tmp_path, stop_after_steps=stop_after)
+    state_stop, _ = _latest(setup, tmp_path)
+    assert int(state_stop.step) == stop_after
+    meta = _teacher(setup, tmp_path)  # rerun with the same workdir: resumes and finishes
+
+    assert meta["finished"] and straight_meta["finished"]
+    a, meta_a = _latest(setup, straight_dir)
+    b, meta_b = _latest(setup, tmp_path)
+    assert int(a.step) == int(b.step) == 8
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert meta_a["eval_accuracy"] == meta_b["eval_accuracy"]
+    # The interrupted run still logged its final epoch with the same eval accuracy.
+    assert _metrics(tmp_path)[-1]["eval_accuracy"] == _metrics(straight_dir)[-1]["eval_accuracy"]
+
+
+def test_metrics_and_checkpoints_of_a_finished_phase(uninterrupted):
+    workdir, meta = uninterrupted
+    records = _metrics(workdir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "train_accuracy", "eval_accuracy", "steps_per_s", "images_per_s"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    assert records[-1]["step"] == 8 and records[-1]["eta_s"] == 0.0
+    assert meta["best_accuracy"] == max(r["eval_accuracy"] for r in records)
+    _, best_meta = ckpt_lib.read_meta(os.path.join(workdir, "teacher"))
+    assert best_meta["eval_accuracy"] == meta["best_accuracy"]
+    assert best_meta["model"]["num_classes"] == 10 and best_meta["model"]["spiking"] is False
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path, monkeypatch):
+    with pytest.raises(train.Preempted):
+        _teacher(setup, tmp_path, stop_after_steps=4)
+    original = ckpt_lib.PhaseCheckpoints.restore_latest
+
+    def poisoned(self, abstract):
+        state, meta = original(self, abstract)
+        params = jax.tree.map(lambda p: p * jnp.nan, state.params)
+        return state.replace(params=params), meta
+
+    monkeypatch.setattr(ckpt_lib.PhaseCheckpoints, "restore_latest", poisoned)
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite loss nan at training step 5 \(epoch 2\)"
+    ):
+        _teacher(setup, tmp_path)
+    monkeypatch.undo()
+    state, _ = _latest(setup, tmp_path)
+    assert int(state.step) == 4
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
+    assert sorted(os.listdir(tmp_path / "teacher" / ckpt_lib.LATEST_DIR)) == ["4"]
+
+
+def test_train_phase_rejects_bad_arguments(setup, tmp_path):
+    config, info, train_ds, eval_ds, mesh = setup
+    with pytest.raises(ValueError, match="phase must be one of"):
+        train.train_phase(
+            "pupil", config, str(tmp_path), mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info
+        )
+    small = train.Dataset(train_ds.images[:8], train_ds.labels[:8])
+    with pytest.raises(ValueError, match="teacher.batch_size 16 exceeds the 8 training images"):
+        train.train_phase(
+            "teacher", config, str(tmp_path), mesh=mesh, train_ds=small, eval_ds=eval_ds, info=info
+        )
+    assert not os.path.exists(tmp_path / "teacher")
+
+
+def test_optimizer_decays_only_kernels_and_follows_cosine():
+    cfg = runpy.run_path(str(ROOT / "configs" / "default.py"))["get_config"]().teacher
+    cfg.lr, cfg.weight_decay, cfg.epochs, cfg.momentum = 0.5, 0.1, 2, 0.9
+    tx, schedule = train.make_optimizer(cfg, steps_per_epoch=5)
+    params = {
+        "conv": {"kernel": jnp.full((2, 2), 2.0)},
+        "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+    }
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.5 * 0.1 * 2.0)
+    np.testing.assert_array_equal(updates["bn"]["scale"], 0.0)
+    np.testing.assert_array_equal(updates["bn"]["bias"], 0.0)
+    # Cosine from lr to 0 over epochs * steps_per_epoch = 10 steps.
+    np.testing.assert_allclose(
+        [schedule(0), schedule(5), schedule(10)], [0.5, 0.25, 0.0], atol=1e-7
+    )
+
+    cfg.warmup_epochs = 1
+    _, warm = train.make_optimizer(cfg, steps_per_epoch=5)
+    np.testing.assert_allclose([warm(0), warm(5), warm(10)], [0.0, 0.5, 0.0], atol=1e-7)
+    # Momentum: the second update with a constant gradient g is -lr_1 * (1 + 0.9) * g.
+    cfg.weight_decay, cfg.warmup_epochs = 0.0, 0
+    tx, schedule = train.make_optimizer(cfg, steps_per_epoch=5)
+    g = {"w": jnp.ones(())}
+    state = tx.init(g)
+    _, state = tx.update(g, state, g)
+    u, _ = tx.update(g, state, g)
+    np.testing.assert_allclose(u["w"], -float(schedule(1)) * 1.9, rtol=1e-6)
+    assert isinstance(tx, optax.GradientTransformation)
