@@ -1,26 +1,35 @@
-"""Benchmark the multi-step LIF: fused custom_vjp vs autodiff-through-scan, with and without remat.
+"""Benchmark the multi-step LIF forward+backward against SpikingJelly and a plain array copy.
 
-Reports, per implementation, the compiled forward+backward's temporary memory (XLA memory analysis,
-MiB) and median wall time (ms) for ``x [T, B, C, H, W]``-sized inputs, and SpikingJelly's
-``LIFNode`` when it is installed (torch, CPU or CUDA).
+For ``x [T, B, C, H, W]`` (default 4 x 64 x 64 x 32 x 32, float32) it times, round-robin in one
+process: our fused ``custom_vjp`` LIF (and with ``remat=True``), autodiff through the scan, a jitted
+array copy (the memory-bandwidth ceiling), and SpikingJelly's ``LIFNode(step_mode='m')`` on torch
+CPU (skipped with a message when absent). It reports medians, ratios to SpikingJelly, the XLA temp
+memory of each compiled gradient, and the effective bandwidth of the fused LIF: a fused fwd+bwd has
+to move at least 5 arrays (read x, write h; read h and the cotangent, write dx), a copy moves 2.
 
-  python benchmarks/lif.py --T 4 --batch 32 --features 64 32 32 --repeats 20
+  python benchmarks/lif.py --out lif.json
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 
-from htakl_jax import neurons, surrogate
-from htakl_jax.neurons import _lif_autodiff, _make_config
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import print_table, time_interleaved, try_import_torch, write_json  # noqa: E402
+
+from htakl_jax import neurons, surrogate  # noqa: E402
+from htakl_jax.neurons import _lif_autodiff, _make_config  # noqa: E402
+
+# Arrays a fused LIF fwd+bwd must read or write at least once (see module docstring).
+_LIF_MIN_ARRAYS = 5
 
 
-def _loss_fns(spike):
+def _jax_grads(spike) -> dict:
     cfg = _make_config(
         tau=2.0,
         v_threshold=1.0,
@@ -29,78 +38,90 @@ def _loss_fns(spike):
         detach_reset=False,
         surrogate_fn=spike,
     )
-    return {
-        "fused": lambda x, w: jnp.sum(neurons.lif(x, surrogate_fn=spike) * w),
-        "fused_remat": lambda x, w: jnp.sum(neurons.lif(x, surrogate_fn=spike, remat=True) * w),
-        "autodiff": lambda x, w: jnp.sum(_lif_autodiff(cfg, x) * w),
-        "autodiff_remat": lambda x, w: jnp.sum(_lif_autodiff(cfg, x, remat=True) * w),
+    losses = {
+        "ours fused": lambda x, w: jnp.sum(neurons.lif(x, surrogate_fn=spike) * w),
+        "ours fused remat": lambda x, w: jnp.sum(
+            neurons.lif(x, surrogate_fn=spike, remat=True) * w
+        ),
+        "ours autodiff scan": lambda x, w: jnp.sum(_lif_autodiff(cfg, x) * w),
     }
+    return {name: jax.jit(jax.grad(loss)) for name, loss in losses.items()}
 
 
-def _time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
-def _spikingjelly_ms(shape, repeats: int) -> float | None:
-    try:
-        import torch
-        from spikingjelly.activation_based import neuron
-        from spikingjelly.activation_based import surrogate as sj_surrogate
-    except ImportError:
+def _spikingjelly_step(shape: tuple[int, ...], seed: int = 0):
+    peer = try_import_torch()
+    if peer is None:
         return None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    node = neuron.LIFNode(
-        tau=2.0, surrogate_function=sj_surrogate.Sigmoid(alpha=4.0), step_mode="m"
+    torch, sj = peer
+    node = sj.neuron.LIFNode(
+        tau=2.0, surrogate_function=sj.surrogate.Sigmoid(alpha=4.0), step_mode="m"
     )
-    x = torch.randn(shape, device=device) + 1.0
-    w = torch.randn(shape, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen) + 1.0
+    w = torch.randn(shape, generator=gen)
 
     def step():
         node.reset()
         xg = x.detach().requires_grad_(True)
         (node(xg) * w).sum().backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        return xg.grad
 
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--features", type=int, nargs="+", default=[32, 16, 16])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--features", type=int, nargs="+", default=[64, 32, 32], help="C H W")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default=None, help="write results as JSON here")
     args = parser.parse_args()
 
     shape = (args.T, args.batch, *args.features)
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, shape) + 1.0
     w = jax.random.normal(kw, shape)
-    print(
-        f"device={jax.devices()[0].device_kind} shape={shape} (float32, {x.nbytes / 2**20:.1f} MiB)"
-    )
-    print(f"{'impl':<16}{'temp MiB':>10}{'fwd+bwd ms':>12}")
-    for name, loss in _loss_fns(surrogate.sigmoid(4.0)).items():
-        grad = jax.jit(jax.grad(loss))
+    mib = x.nbytes / 2**20
+    print(f"device={jax.devices()[0].device_kind} shape={shape} float32, {mib:.1f} MiB per array")
+
+    grads = _jax_grads(surrogate.sigmoid(4.0))
+    temp_mib = {}
+    for name, grad in grads.items():
         mem = grad.lower(x, w).compile().memory_analysis()
-        temp = f"{mem.temp_size_in_bytes / 2**20:10.1f}" if mem is not None else f"{'n/a':>10}"
-        print(f"{name:<16}{temp}{_time(grad, x, w, repeats=args.repeats):12.2f}")
-    sj = _spikingjelly_ms(shape, args.repeats)
+        temp_mib[name] = None if mem is None else mem.temp_size_in_bytes / 2**20
+    copy = jax.jit(lambda a: a + 0.0)  # a real copy (identity would be elided)
+    fns = {name: (lambda g=g: jax.block_until_ready(g(x, w))) for name, g in grads.items()}
+    fns["array copy"] = lambda: jax.block_until_ready(copy(x))
+    sj = _spikingjelly_step(shape)
     if sj is not None:
-        print(f"{'spikingjelly':<16}{'':>10}{sj:12.2f}")
+        fns["spikingjelly LIFNode"] = sj
+        import torch
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    times = time_interleaved(fns, repeats=args.repeats)
+
+    copy_gbs = 2 * x.nbytes / times["array copy"] / 1e9
+    rows = []
+    for name, t in times.items():
+        row = {"impl": name, "ms": 1e3 * t, "temp MiB": temp_mib.get(name)}
+        if sj is not None:
+            row["speedup vs SJ"] = times["spikingjelly LIFNode"] / t
+        if name.startswith("ours"):
+            row["eff. GB/s"] = _LIF_MIN_ARRAYS * x.nbytes / t / 1e9
+            row["% of copy BW"] = 100 * row["eff. GB/s"] / copy_gbs
+        if name == "array copy":
+            row["eff. GB/s"] = copy_gbs
+        rows.append(row)
+    cols = ["impl", "ms", "speedup vs SJ", "temp MiB", "eff. GB/s", "% of copy BW"]
+    print_table(rows, cols)
+    if sj is not None:
+        ratio = times["spikingjelly LIFNode"] / times["ours fused"]
+        verdict = "met" if ratio >= 2.5 else "NOT met"
+        print(f"goal >= 2.5x faster than SpikingJelly: {ratio:.2f}x -> {verdict}")
+    write_json(
+        args.out, {"benchmark": "lif", "shape": list(shape), "rows": rows, "args": vars(args)}
+    )
 
 
 if __name__ == "__main__":

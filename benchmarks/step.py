@@ -1,0 +1,239 @@
+"""Benchmark one training step of the spiking student against T x the ANN step and SpikingJelly.
+
+A step is forward, mean-over-T softmax cross-entropy, backward and an SGD-momentum update, at batch
+``--batch`` of 32x32 images (10 classes), for resnet20 and resnet19 (``--models``) at
+``--width-mult``. Per model, one round-robin timing in one process covers: the ANN (teacher) step,
+our SNN step at each T in ``--timesteps``, and the same network built from SpikingJelly layers
+(``layer.Conv2d``/``BatchNorm2d``/``AvgPool2d``/``Linear`` with ``step_mode='m'`` + ``LIFNode``,
+sigmoid surrogate alpha 4, tau 2, hard reset) on torch CPU at the same batch, T and width. The
+SpikingJelly network repeats the image T times before its first conv (its usual direct encoding);
+ours computes the first conv + BN once (identical result). Ratios:
+
+- ``snn / (T x ann)``: goal <= 1.10 (and <= 1.0 at T = 1),
+- ``sj / snn``: goal >= 1.0 (ours at least as fast as SpikingJelly).
+
+  python benchmarks/step.py --out step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import print_table, time_interleaved, try_import_torch, write_json  # noqa: E402
+
+from htakl_jax import losses, surrogate  # noqa: E402
+from htakl_jax.layers import scale_width  # noqa: E402
+from htakl_jax.models import get_model  # noqa: E402
+
+IMAGE = 32
+CLASSES = 10
+
+# (stem widths, stage widths, blocks per stage, stage strides, pool after stem, hidden FC width)
+ARCHS = {
+    "resnet20": ((64, 64, 64), (64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2), True, None),
+    "resnet19": ((128,), (128, 256, 512), (3, 3, 2), (1, 2, 2), False, 256),
+}
+
+
+# ----------------------------------------------------------------------------- ours
+
+
+def _jax_step(name: str, *, spiking: bool, timesteps: int, width: float, batch: int, remat=False):
+    """A jitted ``state -> state`` training step on a fixed batch, and its initial state."""
+    kwargs = dict(surrogate=surrogate.sigmoid(4.0), remat=remat) if spiking else {}
+    model = get_model(
+        name,
+        num_classes=CLASSES,
+        spiking=spiking,
+        timesteps=timesteps,
+        width_mult=width,
+        **kwargs,
+    )
+    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (batch, IMAGE, IMAGE, 3))
+    y = jax.random.randint(ky, (batch,), 0, CLASSES)
+    variables = model.init(kp, x, train=False)
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+
+    def loss_fn(params, batch_stats):
+        logits, new = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        if logits.ndim == 3:
+            logits = jnp.mean(logits, 0)
+        return jnp.mean(losses.cross_entropy(logits, y)), new["batch_stats"]
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state):
+        params, batch_stats, opt_state = state
+        grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params, batch_stats)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state
+
+    return step, state
+
+
+def _jax_runner(step, state):
+    """Zero-argument callable that advances ``state`` one step and blocks."""
+    box = [state]
+
+    def run():
+        box[0] = jax.block_until_ready(step(box[0]))
+
+    return run
+
+
+# ----------------------------------------------------------------------------- SpikingJelly peer
+
+
+def _sj_network(torch, sj, name: str, *, timesteps: int, width: float):
+    """The same topology from SpikingJelly multi-step layers; input [T, B, 3, H, W]."""
+    nn = torch.nn
+    layer, neuron = sj.layer, sj.neuron
+    stem, widths, blocks, strides, pool, hidden = ARCHS[name]
+    w = functools.partial(scale_width, width_mult=width)
+
+    def lif():
+        return neuron.LIFNode(
+            tau=2.0, surrogate_function=sj.surrogate.Sigmoid(alpha=4.0), step_mode="m"
+        )
+
+    def conv_bn(cin, cout, k, s):
+        conv = layer.Conv2d(cin, cout, k, s, k // 2, bias=False, step_mode="m")
+        return [conv, layer.BatchNorm2d(cout, step_mode="m")]
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(
+                *conv_bn(cin, cout, 3, stride), lif(), *conv_bn(cout, cout, 3, 1)
+            )
+            self.shortcut = (
+                nn.Sequential(*conv_bn(cin, cout, 1, stride))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
+            self.act = lif()
+
+        def forward(self, x):
+            return self.act(self.body(x) + self.shortcut(x))
+
+    mods, cin = [], 3
+    for c in stem:
+        mods += [*conv_bn(cin, w(c), 3, 1), lif()]
+        cin = w(c)
+    if pool:
+        mods.append(layer.AvgPool2d(2, 2, step_mode="m"))
+    for c, n, s in zip(widths, blocks, strides, strict=True):
+        for b in range(n):
+            mods.append(Block(cin, w(c), s if b == 0 else 1))
+            cin = w(c)
+    mods += [layer.AdaptiveAvgPool2d(1, step_mode="m"), layer.Flatten(step_mode="m")]
+    if hidden is not None:
+        mods += [layer.Linear(cin, w(hidden), step_mode="m"), lif()]
+        cin = w(hidden)
+    mods.append(layer.Linear(cin, CLASSES, step_mode="m"))
+    return nn.Sequential(*mods)
+
+
+def _sj_runner(peer, name: str, *, timesteps: int, width: float, batch: int):
+    torch, sj = peer
+    net = _sj_network(torch, sj, name, timesteps=timesteps, width=width)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, IMAGE, IMAGE, generator=gen)
+    y = torch.randint(0, CLASSES, (batch,), generator=gen)
+
+    def run():
+        sj.functional.reset_net(net)
+        x_seq = x.unsqueeze(0).repeat(timesteps, 1, 1, 1, 1)  # direct encoding
+        loss = torch.nn.functional.cross_entropy(net(x_seq).mean(0), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def bench_model(name: str, args, peer) -> list[dict]:
+    fns = {
+        "ann": _jax_runner(
+            *_jax_step(name, spiking=False, timesteps=1, width=args.width_mult, batch=args.batch)
+        )
+    }
+    for t in args.timesteps:
+        fns[f"snn T={t}"] = _jax_runner(
+            *_jax_step(name, spiking=True, timesteps=t, width=args.width_mult, batch=args.batch)
+        )
+        if peer is not None:
+            fns[f"sj T={t}"] = _sj_runner(
+                peer, name, timesteps=t, width=args.width_mult, batch=args.batch
+            )
+    times = time_interleaved(fns, repeats=args.repeats)
+    rows = []
+    for t in args.timesteps:
+        snn = times[f"snn T={t}"]
+        sj = times.get(f"sj T={t}")
+        rows.append(
+            {
+                "model": name,
+                "T": t,
+                "ann ms": 1e3 * times["ann"],
+                "snn ms": 1e3 * snn,
+                "snn img/s": args.batch / snn,
+                "snn / (T x ann)": snn / (t * times["ann"]),
+                "sj ms": None if sj is None else 1e3 * sj,
+                "sj img/s": None if sj is None else args.batch / sj,
+                "sj / snn": None if sj is None else sj / snn,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet19"], choices=ARCHS)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[1, 2, 4, 6])
+    parser.add_argument("--width-mult", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-peer", action="store_true", help="skip SpikingJelly")
+    parser.add_argument("--out", default=None, help="write results as JSON here")
+    args = parser.parse_args()
+    peer = None if args.no_peer else try_import_torch()
+    print(
+        f"device={jax.devices()[0].device_kind} batch={args.batch} width={args.width_mult} "
+        f"{IMAGE}x{IMAGE}x3, {CLASSES} classes"
+    )
+    rows = []
+    for name in args.models:
+        rows += bench_model(name, args, peer)
+    cols = [
+        "model",
+        "T",
+        "ann ms",
+        "snn ms",
+        "snn img/s",
+        "snn / (T x ann)",
+        "sj ms",
+        "sj img/s",
+        "sj / snn",
+    ]
+    print_table(rows, cols)
+    write_json(args.out, {"benchmark": "step", "rows": rows, "args": vars(args)})
+
+
+if __name__ == "__main__":
+    main()
