@@ -9,15 +9,24 @@ Each checkpoint holds three items:
   meta       JSON: epoch, eval accuracy, best accuracy, whether the phase finished, and the model
              description (name, width_mult, num_classes, spiking, timesteps) checked on restore.
 The RNG is not stored: every random stream derives from (config.seed, step).
+
+Damaged checkpoints: Orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames on success, so a
+save killed midway leaves no digit-named folder and is ignored. A digit-named checkpoint that fails
+to restore while an older one restores is treated as corrupt: a warning names it, it is renamed to
+`<step>.corrupt-<time>` (kept for inspection, never deleted) and the older one is used.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -50,6 +59,49 @@ def _steps(directory: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
+def _set_aside(path: str) -> str:
+    """Renames a damaged checkpoint folder out of Orbax's view (process 0); returns the new name."""
+    target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+    if jax.process_index() == 0 and os.path.isdir(path):
+        os.replace(path, target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"set_aside:{path}")
+    return target
+
+
+def _restore_newest_good(directory: str, restore: Callable[[int], Any]) -> Any:
+    """`restore(step)` for the newest step of `directory` that restores without error.
+
+    Steps newer than the one that restores are warned about and set aside; if no step restores,
+    the newest step's error is raised (then the cause is not damage but, e.g., a model change).
+    """
+    steps = _steps(directory)
+    failures: list[tuple[int, Exception]] = []
+    for step in reversed(steps):
+        try:
+            result = restore(step)
+        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types on bad files
+            failures.append((step, e))
+            continue
+        for bad, err in failures:
+            path = os.path.join(directory, str(bad))
+            target = _set_aside(path)
+            message = (
+                f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); "
+                f"moved it to {target} and resumed from step {step} instead"
+            )
+            logging.warning("%s", message)
+            warnings.warn(message, stacklevel=3)
+        return result
+    step, err = failures[0]
+    raise ValueError(
+        f"checkpoint {os.path.join(directory, str(step))} cannot be restored "
+        f"({type(err).__name__}: {err}), nor can any older one in {directory}"
+    ) from err
+
+
 class PhaseCheckpoints:
     """Latest-N and best-by-accuracy checkpoint managers for one phase directory."""
 
@@ -75,22 +127,25 @@ class PhaseCheckpoints:
             manager.save(step, args=_save_args(state, meta), force=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores the newest state into the structure/shardings of `abstract_state`."""
-        step = self._latest.latest_step()
-        if step is None:
+        """Restores the newest readable state into the structure/shardings of `abstract_state`.
+
+        A newer checkpoint that fails to restore is set aside (see the module docstring) when an
+        older one restores; if none restores, the newest one's error is raised.
+        """
+        directory = os.path.join(self.phase_dir, LATEST_DIR)
+        if not _steps(directory):
             raise FileNotFoundError(f"no checkpoint in {self._latest.directory}")
-        restored = self._latest.restore(
-            step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardRestore(
-                    {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
-                ),
-                train=ocp.args.StandardRestore(
-                    {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
-                ),
-                meta=ocp.args.JsonRestore(),
+        args = ocp.args.Composite(
+            variables=ocp.args.StandardRestore(
+                {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
             ),
+            train=ocp.args.StandardRestore(
+                {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
+            ),
+            meta=ocp.args.JsonRestore(),
         )
+        restored = _restore_newest_good(directory, lambda s: self._latest.restore(s, args=args))
+        self._latest.reload()
         state = abstract_state.replace(
             step=restored.train["step"],
             opt_state=restored.train["opt_state"],
@@ -117,22 +172,50 @@ def _save_args(state: Any, meta: dict) -> ocp.args.Composite:
     )
 
 
-def read_meta(phase_dir: str, *, prefer_best: bool = True) -> tuple[str, dict]:
-    """Returns (checkpoint folder, meta) of the best (or latest) checkpoint in `phase_dir`."""
+def _candidates(phase_dir: str, prefer_best: bool) -> list[str]:
+    """Checkpoint folders of `phase_dir`, best-first (or latest-first), newest step first."""
     order = (BEST_DIR, LATEST_DIR) if prefer_best else (LATEST_DIR, BEST_DIR)
-    for sub in order:
-        steps = _steps(os.path.join(phase_dir, sub))
-        if steps:
-            directory = os.path.join(phase_dir, sub)
-            with ocp.CheckpointManager(
-                os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True)
-            ) as manager:
-                meta = manager.restore(
-                    steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                )
-            return os.path.join(directory, str(steps[-1])), dict(meta.meta)
+    return [
+        os.path.join(phase_dir, sub, str(step))
+        for sub in order
+        for step in reversed(_steps(os.path.join(phase_dir, sub)))
+    ]
+
+
+def _restore_read_only(path: str, **items: Any) -> Any:
+    directory, step = os.path.split(path)
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
+        return manager.restore(int(step), args=ocp.args.Composite(**items))
+
+
+def _warn_skipped(path: str, err: Exception) -> None:
+    message = f"skipping unreadable checkpoint {path} ({type(err).__name__}: {err})"
+    logging.warning("%s", message)
+    warnings.warn(message, stacklevel=3)
+
+
+def read_meta(phase_dir: str, *, prefer_best: bool = True) -> tuple[str, dict]:
+    """Returns (checkpoint folder, meta) of the best (or latest) checkpoint in `phase_dir`.
+
+    A checkpoint whose meta cannot be read is skipped with a warning naming it (nothing is
+    changed on disk).
+    """
+    skipped = []
+    for path in _candidates(phase_dir, prefer_best):
+        try:
+            meta = _restore_read_only(path, meta=ocp.args.JsonRestore()).meta
+            if not isinstance(meta, dict):
+                raise ValueError(f"meta is {type(meta).__name__}, not a JSON object")
+        except Exception as e:  # noqa: BLE001 - damaged files raise many types
+            _warn_skipped(path, e)
+            skipped.append(path)
+            continue
+        return path, dict(meta)
+    unreadable = f"; unreadable: {', '.join(skipped)}" if skipped else ""
     raise FileNotFoundError(
-        f"no checkpoint found in {phase_dir!r} (expected {LATEST_DIR}/<step> or {BEST_DIR}/<step>)"
+        f"no checkpoint found in {phase_dir!r} (expected a readable {LATEST_DIR}/<step> or "
+        f"{BEST_DIR}/<step>{unreadable})"
     )
 
 
@@ -153,23 +236,45 @@ def check_model_meta(path: str, meta: dict, expected: dict) -> None:
 def restore_variables(
     phase_dir: str, abstract_variables: Any, *, expected_model: dict, prefer_best: bool = True
 ) -> tuple[Any, dict]:
-    """Restores only {'params', 'batch_stats'} of the best (or latest) checkpoint in `phase_dir`.
+    """`restore_variables_from` without the path: (variables, meta)."""
+    variables, meta, _ = restore_variables_from(
+        phase_dir, abstract_variables, expected_model=expected_model, prefer_best=prefer_best
+    )
+    return variables, meta
+
+
+def restore_variables_from(
+    phase_dir: str, abstract_variables: Any, *, expected_model: dict, prefer_best: bool = True
+) -> tuple[Any, dict, str]:
+    """Restores {'params', 'batch_stats'} of the best (or latest) checkpoint in `phase_dir`.
+
+    Returns (variables, meta, path of the checkpoint folder used).
 
     `abstract_variables` gives the target structure and shardings; `expected_model` (name,
     width_mult, num_classes) is checked against the stored meta first, so an architecture or class
-    count mismatch fails with a message naming the checkpoint path.
+    count mismatch fails with a message naming the checkpoint path. A damaged checkpoint is skipped
+    with a warning in favour of the next one (best, then latest, newest first).
     """
-    path, meta = read_meta(phase_dir, prefer_best=prefer_best)
-    check_model_meta(path, meta, expected_model)
-    directory, step = os.path.split(path)
-    with ocp.CheckpointManager(
-        os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True)
-    ) as manager:
+    first_error: Exception | None = None
+    for path in _candidates(phase_dir, prefer_best):
         try:
-            restored = manager.restore(
-                int(step),
-                args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract_variables)),
+            meta = _restore_read_only(path, meta=ocp.args.JsonRestore()).meta
+        except Exception as e:  # noqa: BLE001
+            _warn_skipped(path, e)
+            first_error = first_error or e
+            continue
+        check_model_meta(path, dict(meta), expected_model)
+        try:
+            restored = _restore_read_only(
+                path, variables=ocp.args.StandardRestore(abstract_variables)
             )
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"checkpoint {path} does not fit the configured model: {e}") from e
-    return restored.variables, meta
+        except Exception as e:  # noqa: BLE001
+            _warn_skipped(path, e)
+            first_error = first_error or ValueError(
+                f"checkpoint {path} does not fit the configured model or is damaged: {e}"
+            )
+            continue
+        return restored.variables, dict(meta), path
+    if first_error is not None:
+        raise ValueError(f"no usable checkpoint in {phase_dir!r}: {first_error}") from first_error
+    raise FileNotFoundError(f"no checkpoint found in {phase_dir!r}")

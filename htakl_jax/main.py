@@ -58,6 +58,8 @@ def main(argv: list[str]) -> None:
             num_processes=d.num_processes,
             process_id=d.process_id,
         )
+        if jax.process_index() != 0:
+            logging.set_verbosity(logging.WARNING)  # progress is logged by process 0 only
         config_validation.validate(
             config, mode=mode, workdir=workdir, num_devices=jax.device_count()
         )

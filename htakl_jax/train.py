@@ -466,6 +466,13 @@ def sigterm_flag() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _any_process(flag: bool) -> bool:
+    """Whether `flag` is True on any process (a blocking host all-gather)."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
 def _summarise(window: list[dict[str, jax.Array]], first_step: int, epoch: int) -> dict[str, float]:
     """Means of a window of step metrics; raises FloatingPointError at the first bad loss."""
     host = jax.device_get(window)
@@ -481,8 +488,24 @@ def _summarise(window: list[dict[str, jax.Array]], first_step: int, epoch: int) 
 class _MetricsWriter:
     """Appends JSON lines to <phase_dir>/metrics.jsonl on process 0 only."""
 
-    def __init__(self, phase_dir: str):
+    def __init__(self, phase_dir: str, *, resumed_epoch: int):
+        """Drops records of epochs after `resumed_epoch` (and a torn last line): they were written
+        by a run killed before its checkpoint of that epoch was complete, and are redone now."""
         self.path = os.path.join(phase_dir, "metrics.jsonl")
+        if jax.process_index() == 0 and os.path.exists(self.path):
+            kept = []
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(record, dict) and record.get("epoch", 0) <= resumed_epoch:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         if jax.process_index() == 0:
@@ -550,7 +573,7 @@ def train_phase(
     else:
         state = program.init_fn(jax.random.key(config.seed))
     step = int(jax.device_get(state.step))
-    writer = _MetricsWriter(phase_dir)
+    writer = _MetricsWriter(phase_dir, resumed_epoch=int(meta.get("epoch", 0)))
 
     def save(epoch_done: int, eval_acc: float | None, *, finished: bool) -> None:
         improved = eval_acc is not None and eval_acc > meta["best_accuracy"]
@@ -576,8 +599,14 @@ def train_phase(
     try:
         with sigterm_flag() as sigterm:
 
-            def stop_requested() -> bool:
-                return sigterm() or (stop_after_steps is not None and step >= stop_after_steps)
+            def stop_requested(*, sync_point: bool) -> bool:
+                local = sigterm() or (stop_after_steps is not None and step >= stop_after_steps)
+                if jax.process_count() == 1:
+                    return local
+                # Processes receive SIGTERM at different moments; they must stop after the same
+                # step or the next collective hangs. They agree at sync points only (one
+                # host round trip each), which every process reaches at the same steps.
+                return sync_point and _any_process(local)
 
             for epoch in range(step // steps_per_epoch, pcfg.epochs):
                 t0 = time.perf_counter()
@@ -596,7 +625,9 @@ def train_phase(
                     step += 1
                     window.append(metrics)
                     last_of_epoch = b == steps_per_epoch - 1
-                    if step % config.log_every_steps == 0 or last_of_epoch or stop_requested():
+                    at_log = step % config.log_every_steps == 0 or last_of_epoch
+                    stop = stop_requested(sync_point=at_log)
+                    if at_log or stop:
                         summary = _summarise(window, window_start, epoch)
                         epoch_means.append(summary | {"n": len(window)})
                         dt = time.perf_counter() - window_t0
@@ -612,7 +643,7 @@ def train_phase(
                             _fmt_eta((total_steps - step) * dt / len(window)),
                         )
                         window, window_start, window_t0 = [], step, time.perf_counter()
-                    if stop_requested() and not last_of_epoch:
+                    if stop and not last_of_epoch:
                         save(epoch, None, finished=False)
                         checkpoints.wait()
                         raise Preempted(f"{phase}: stopped at step {step}; checkpoint saved")
@@ -661,7 +692,7 @@ def train_phase(
                     "-" if eval_acc is None else f"{eval_acc:.4f}",
                     record["images_per_s"],
                 )
-                if stop_requested() and not last:
+                if stop_requested(sync_point=True) and not last:
                     save(done, eval_acc, finished=False)  # no-op if saved at this step above
                     checkpoints.wait()
                     raise Preempted(f"{phase}: stopped at step {step}; checkpoint saved")
@@ -721,9 +752,7 @@ def restore_for_eval(
     )
     abstract = ckpt_lib.abstract_like(abstract, parallel.replicated(mesh))
     expected = model_meta(config, num_classes=info.num_classes, spiking=spiking)
-    variables, meta = ckpt_lib.restore_variables(phase_dir, abstract, expected_model=expected)
-    path, _ = ckpt_lib.read_meta(phase_dir)
-    return variables, meta, path
+    return ckpt_lib.restore_variables_from(phase_dir, abstract, expected_model=expected)
 
 
 def evaluate_experiment(
@@ -781,28 +810,35 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mode: str = "all") -
         config, info.num_classes, mode=mode, workdir=workdir
     )
 
+    train_teacher = mode == "teacher" or (
+        mode == "all" and not config.student.teacher_checkpoint and not teacher_finished(t_dir)
+    )
+
+    def restore_teacher() -> Any:
+        if mode not in ("all", "distill") or config.student.method == "ce":
+            return None
+        teacher = build_model(config, num_classes=info.num_classes, spiking=False)
+        variables, _, path = restore_for_eval(t_dir, teacher, config, info, mesh, spiking=False)
+        logging.info("distilling from teacher %s", path)
+        return variables
+
+    # An existing teacher is restored before anything is written, so that a damaged or
+    # mismatched one fails without touching the workdir.
+    teacher_vars = None if train_teacher else restore_teacher()
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
 
-    if mode == "teacher" or (
-        mode == "all" and not config.student.teacher_checkpoint and not teacher_finished(t_dir)
-    ):
+    if train_teacher:
         train_phase(
             "teacher", config, workdir, mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info
         )
+        teacher_vars = restore_teacher()
     elif mode == "all":
         logging.info("reusing the finished teacher in %s", t_dir)
 
     if mode in ("all", "distill"):
-        teacher_vars = None
-        if config.student.method != "ce":
-            teacher = build_model(config, num_classes=info.num_classes, spiking=False)
-            teacher_vars, _, path = restore_for_eval(
-                t_dir, teacher, config, info, mesh, spiking=False
-            )
-            logging.info("distilling from teacher %s", path)
         train_phase(
             "student",
             config,
