@@ -18,6 +18,7 @@ to restore while an older one restores is treated as corrupt: a warning names it
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import time
 import warnings
@@ -32,6 +33,15 @@ LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 # Meta keys that must agree between a stored teacher and the model it is restored into.
 MODEL_KEYS = ("name", "width_mult", "num_classes")
+
+
+def quiet_orbax_logging() -> None:
+    """Keeps only Orbax's warnings and errors on the console (it logs every action at INFO)."""
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    logging.get_absl_handler().addFilter(keep)
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:

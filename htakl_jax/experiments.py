@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htakl_jax import config_validation, losses, train
+from htakl_jax import checkpoint, config_validation, losses, train
 from htakl_jax import data as data_lib
 from htakl_jax.analysis import ablation, report, tables
 from htakl_jax.analysis.plots import plot_accuracy_vs_timesteps, plot_firing_rates
@@ -450,6 +450,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    checkpoint.quiet_orbax_logging()
     cfg, workdir = FLAGS.config, FLAGS.workdir
     try:
         grid_cells(cfg)

@@ -13,14 +13,13 @@ saving a checkpoint (rerun to resume).
 
 from __future__ import annotations
 
-import logging as std_logging
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htakl_jax import config_validation, parallel, train
+from htakl_jax import checkpoint, config_validation, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -36,19 +35,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 EXIT_INVALID, EXIT_NONFINITE, EXIT_PREEMPTED = 1, 2, 143
 
 
-def _quiet_orbax() -> None:
-    """Orbax logs every manager action at INFO through absl; keep its warnings and errors only."""
-
-    def keep(record) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-    logging.get_absl_handler().addFilter(keep)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _quiet_orbax()
+    checkpoint.quiet_orbax_logging()
     config, workdir, mode = FLAGS.config, FLAGS.workdir, FLAGS.mode
     d = config.distributed
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from htakl_jax.analysis import report, tables
+from htakl_jax.checkpoint import quiet_orbax_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json, teacher/, student/).")
@@ -25,6 +26,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_orbax_logging()
     summary = report.analyze_workdir(
         FLAGS.workdir,
         FLAGS.out_dir,
