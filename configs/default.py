@@ -35,6 +35,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache_dir = ""
     c.data.train_split = "train"
     c.data.eval_split = "test"
+    # Train on a class-balanced subset of this many train examples (0 = the whole split).
+    c.data.train_examples = 0
+    # Hold this many class-balanced train examples out of training (0 = none) ...
+    c.data.validation_examples = 0
+    # ... and evaluate on them instead of eval_split: tune hyperparameters without the test set.
+    c.data.eval_on_validation = False
+    # Seed of both subsets (independent of `seed`, so every run of a grid sees the same images).
+    c.data.subset_seed = 0
     # Random crop: zero padding in pixels on each side (0 disables the crop).
     c.data.pad = 4
     # Random horizontal flip.

@@ -93,6 +93,14 @@ def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None
         c.data.name,
     )
     _require(c.data.pad >= 0, "data.pad", "must be >= 0", c.data.pad)
+    for key in ("train_examples", "validation_examples"):
+        _require(c.data[key] >= 0, f"data.{key}", "must be >= 0 (0 = off)", c.data[key])
+    _require(
+        c.data.validation_examples > 0 or not c.data.eval_on_validation,
+        "data.eval_on_validation",
+        "needs data.validation_examples > 0",
+        c.data.eval_on_validation,
+    )
     _require(c.model.name in MODELS, "model.name", f"must be one of {sorted(MODELS)}", c.model.name)
     _require(c.model.width_mult > 0, "model.width_mult", "must be > 0", c.model.width_mult)
     _require(c.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", c.model.dtype)

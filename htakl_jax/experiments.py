@@ -33,7 +33,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from htakl_jax import checkpoint, config_validation, losses, train
-from htakl_jax import data as data_lib
 from htakl_jax.analysis import ablation, report, tables
 from htakl_jax.analysis.plots import plot_accuracy_vs_timesteps, plot_firing_rates
 from htakl_jax.analysis.tsne import penultimate_features, plot_tsne
@@ -215,10 +214,7 @@ def analyze_grid(cfg: ml_collections.ConfigDict, workdir: str, cells: Sequence[C
         if os.path.isfile(os.path.join(cell_dir, report.ANALYSIS_DIR, "analysis.json")):
             continue
         if eval_data is None:
-            b = cfg.base.data
-            eval_data = data_lib.load_split(
-                b.name, b.eval_split, data_dir=b.data_dir or None, cache_dir=b.cache_dir or None
-            )
+            eval_data = train.load_eval_data(cfg.base)
         logging.info("grid: analysing %s", cell.name)
         analyze_cell(cfg, workdir, cell, eval_data)
 

@@ -714,20 +714,47 @@ def _fmt_eta(seconds: float) -> str:
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset, Any]:
-    """(train, eval, DatasetInfo of train) from config.data; mean/std come from the train split."""
-    kwargs = dict(data_dir=config.data.data_dir or None, cache_dir=config.data.cache_dir or None)
-    tr_images, tr_labels, info = data_lib.load_split(
-        config.data.name, config.data.train_split, **kwargs
-    )
-    ev_images, ev_labels, ev_info = data_lib.load_split(
-        config.data.name, config.data.eval_split, **kwargs
-    )
-    if ev_info.num_classes != info.num_classes:
-        raise ValueError(
-            f"data: split {config.data.eval_split!r} has {ev_info.num_classes} classes but "
-            f"{config.data.train_split!r} has {info.num_classes}"
+    """(train, eval, DatasetInfo of the train split) from config.data.
+
+    mean/std come from the whole train split. data.train_examples > 0 trains on a class-balanced
+    subset; data.validation_examples > 0 holds that many train examples out of training, and
+    data.eval_on_validation evaluates on them instead of data.eval_split (for tuning). Both
+    subsets are drawn with data.subset_seed (see htakl_jax.data.subsets).
+    """
+    d = config.data
+    kwargs = dict(data_dir=d.data_dir or None, cache_dir=d.cache_dir or None)
+    tr_images, tr_labels, info = data_lib.load_split(d.name, d.train_split, **kwargs)
+    try:
+        train_idx, val_idx = data_lib.balanced_split(
+            tr_labels,
+            info.num_classes,
+            train_examples=d.train_examples,
+            validation_examples=d.validation_examples,
+            seed=d.subset_seed,
         )
-    return Dataset(tr_images, tr_labels), Dataset(ev_images, ev_labels), info
+    except ValueError as e:
+        raise ValueError(f"config.data.train_examples / validation_examples: {e}") from e
+    if d.eval_on_validation:
+        eval_ds = Dataset(tr_images[val_idx], tr_labels[val_idx])
+    else:
+        ev_images, ev_labels, ev_info = data_lib.load_split(d.name, d.eval_split, **kwargs)
+        if ev_info.num_classes != info.num_classes:
+            raise ValueError(
+                f"data: split {d.eval_split!r} has {ev_info.num_classes} classes but "
+                f"{d.train_split!r} has {info.num_classes}"
+            )
+        eval_ds = Dataset(ev_images, ev_labels)
+    if d.train_examples or d.validation_examples:
+        train_ds = Dataset(tr_images[train_idx], tr_labels[train_idx])
+    else:
+        train_ds = Dataset(tr_images, tr_labels)
+    return train_ds, eval_ds, info
+
+
+def load_eval_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The eval set of :func:`load_data` as (images, labels, DatasetInfo of the train split)."""
+    _, eval_ds, info = load_data(config)
+    return eval_ds.images, eval_ds.labels, info
 
 
 def teacher_dir(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -81,12 +81,7 @@ def load_run(
     """
     config = load_config(workdir) if config is None else config
     if eval_data is None:
-        eval_data = data_lib.load_split(
-            config.data.name,
-            config.data.eval_split,
-            data_dir=config.data.data_dir or None,
-            cache_dir=config.data.cache_dir or None,
-        )
+        eval_data = train.load_eval_data(config)
     images, labels, info = eval_data
     mesh = parallel.make_mesh(jax.devices()[:1])
     models = {}

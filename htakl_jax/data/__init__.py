@@ -9,11 +9,13 @@ from htakl_jax.data.batching import (
     process_slice,
 )
 from htakl_jax.data.sources import SOURCES, DatasetInfo, channel_stats, check_split, load_split
+from htakl_jax.data.subsets import balanced_split
 
 __all__ = [
     "SOURCES",
     "DatasetInfo",
     "augment",
+    "balanced_split",
     "channel_stats",
     "check_split",
     "epoch_batches",
