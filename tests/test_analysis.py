@@ -316,3 +316,25 @@ def test_figures_are_written(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
     with pytest.raises(ValueError, match="rows"):
         tsne.plot_tsne({"t": feats}, labels[:4])
+
+
+def test_paired_differences_pair_by_seed_and_report_t():
+    runs = [
+        {"method": "fkl", "timesteps": 1, "seed": s, "accuracy": a}
+        for s, a in enumerate([0.50, 0.60, 0.55])
+    ] + [
+        {"method": "hta_kl", "timesteps": 1, "seed": s, "accuracy": a}
+        for s, a in enumerate([0.52, 0.61, 0.58])
+    ]
+    runs.append(
+        {"method": "fixed_ratio", "head_ratio": 0.5, "timesteps": 1, "seed": 0, "accuracy": 1}
+    )
+    runs.append({"method": "ce", "timesteps": 2, "seed": 0, "accuracy": 0.4})  # no FKL at T=2
+    headers, rows = tables.paired_differences(runs, reference="fkl")
+    assert headers[0].endswith(tables.method_label("fkl")) and len(rows) == 1
+    diffs = np.array([0.02, 0.01, 0.03])  # hand-computed, per seed
+    mean, std = diffs.mean(), diffs.std(ddof=1)
+    assert rows[0][:2] == [tables.method_label("hta_kl"), "1"]
+    assert rows[0][2] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+    assert rows[0][3] == "3"
+    assert rows[0][4] == f"{mean / (std / np.sqrt(3)):.2f}"

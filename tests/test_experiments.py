@@ -144,6 +144,10 @@ def test_grid_trains_once_skips_on_rerun_and_resumes(tmp_path):
     assert "| FKL | resnet20 | 60.50 ± 0.71 | 70.50 ± 0.71 |" in table1
     assert "| Teacher ANN | resnet20 | 97.00 | - |" in table1
     assert "Fixed ratio" not in table1
+    # Paired by seed, HTA-KL is exactly 2 points above FKL at both T (zero spread: no t).
+    paired = Path(workdir, "paired.md").read_text()
+    assert "| HTA-KL | 1 | 2.00 ± 0.00 | 2 | - |" in paired
+    assert "| HTA-KL | 2 | 2.00 ± 0.00 | 2 | - |" in paired
     ablation_md = Path(workdir, "ablation.md").read_text()
     assert "| 1 | 71.00 |" in ablation_md and "| HTA-KL (adaptive) | 72.00 |" in ablation_md
     with open(os.path.join(workdir, "results.json")) as f:
