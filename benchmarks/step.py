@@ -46,8 +46,20 @@ ARCHS = {
 # ----------------------------------------------------------------------------- ours
 
 
-def _jax_step(name: str, *, spiking: bool, timesteps: int, width: float, batch: int, remat=False):
-    """A jitted ``state -> state`` training step on a fixed batch, and its initial state."""
+def _jax_step(
+    name: str,
+    *,
+    spiking: bool,
+    timesteps: int,
+    width: float,
+    batch: int,
+    remat=False,
+    dtype: str = "float32",
+):
+    """A jitted ``state -> state`` training step on a fixed batch, and its initial state.
+
+    ``dtype`` is the compute dtype of the model (parameters and the optimizer stay float32).
+    """
     kwargs = dict(surrogate=surrogate.sigmoid(4.0), remat=remat) if spiking else {}
     model = get_model(
         name,
@@ -55,6 +67,7 @@ def _jax_step(name: str, *, spiking: bool, timesteps: int, width: float, batch: 
         spiking=spiking,
         timesteps=timesteps,
         width_mult=width,
+        dtype=jnp.dtype(dtype),
         **kwargs,
     )
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
@@ -70,6 +83,7 @@ def _jax_step(name: str, *, spiking: bool, timesteps: int, width: float, batch: 
         )
         if logits.ndim == 3:
             logits = jnp.mean(logits, 0)
+        logits = logits.astype(jnp.float32)
         return jnp.mean(losses.cross_entropy(logits, y)), new["batch_stats"]
 
     @functools.partial(jax.jit, donate_argnums=0)
@@ -145,21 +159,30 @@ def _sj_network(torch, sj, name: str, *, timesteps: int, width: float):
     return nn.Sequential(*mods)
 
 
-def _sj_runner(peer, name: str, *, timesteps: int, width: float, batch: int):
+def _sj_runner(
+    peer, name: str, *, timesteps: int, width: float, batch: int, dtype: str = "float32"
+):
+    """SpikingJelly step on torch's GPU when it has one (CPU otherwise); bfloat16 by autocast."""
     torch, sj = peer
-    net = _sj_network(torch, sj, name, timesteps=timesteps, width=width)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = _sj_network(torch, sj, name, timesteps=timesteps, width=width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, IMAGE, IMAGE, generator=gen)
-    y = torch.randint(0, CLASSES, (batch,), generator=gen)
+    x = torch.randn(batch, 3, IMAGE, IMAGE, generator=gen).to(device)
+    y = torch.randint(0, CLASSES, (batch,), generator=gen).to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def run():
         sj.functional.reset_net(net)
         x_seq = x.unsqueeze(0).repeat(timesteps, 1, 1, 1, 1)  # direct encoding
-        loss = torch.nn.functional.cross_entropy(net(x_seq).mean(0), y)
+        with autocast:
+            out = net(x_seq).mean(0)
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return run
 
@@ -168,18 +191,13 @@ def _sj_runner(peer, name: str, *, timesteps: int, width: float, batch: int):
 
 
 def bench_model(name: str, args, peer) -> list[dict]:
-    fns = {
-        "ann": _jax_runner(
-            *_jax_step(name, spiking=False, timesteps=1, width=args.width_mult, batch=args.batch)
-        )
-    }
+    common = dict(width=args.width_mult, batch=args.batch, dtype=args.dtype)
+    fns = {"ann": _jax_runner(*_jax_step(name, spiking=False, timesteps=1, **common))}
     for t in args.timesteps:
-        fns[f"snn T={t}"] = _jax_runner(
-            *_jax_step(name, spiking=True, timesteps=t, width=args.width_mult, batch=args.batch)
-        )
+        fns[f"snn T={t}"] = _jax_runner(*_jax_step(name, spiking=True, timesteps=t, **common))
         if peer is not None:
             fns[f"sj T={t}"] = _sj_runner(
-                peer, name, timesteps=t, width=args.width_mult, batch=args.batch
+                peer, name, timesteps=t, width=args.width_mult, batch=args.batch, dtype=args.dtype
             )
     times = time_interleaved(fns, repeats=args.repeats)
     rows = []
@@ -209,12 +227,14 @@ def main() -> None:
     parser.add_argument("--width-mult", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-peer", action="store_true", help="skip SpikingJelly")
     parser.add_argument("--out", default=None, help="write results as JSON here")
     args = parser.parse_args()
     peer = None if args.no_peer else try_import_torch()
     print(
-        f"device={jax.devices()[0].device_kind} batch={args.batch} width={args.width_mult} "
+        f"device={jax.devices()[0].device_kind} dtype={args.dtype} batch={args.batch} "
+        f"width={args.width_mult} "
         f"{IMAGE}x{IMAGE}x3, {CLASSES} classes"
     )
     rows = []

@@ -2,7 +2,8 @@
 
 Usage: `python -m htakl_jax.experiments --config configs/compare.py:BASE --workdir runs/compare`
 where BASE names a training config in this folder with its own argument after a colon:
-`quickstart` (default; digits, CPU-sized grid), `cifar:cifar100,resnet20,4`, `tiny_imagenet:...`.
+`quickstart` (default; digits, CPU-sized grid), `cifar:cifar100,resnet20,4`, `tiny_imagenet:...`,
+`reduced:cifar10` / `reduced:tiny_imagenet` (the real-data reproduction of results/, T = 1, 2).
 Any key can be overridden, e.g. `--config.grid.seeds=0,1 --config.base.student.epochs=100`.
 """
 
@@ -22,6 +23,7 @@ def get_config(arg: str = "quickstart") -> ml_collections.ConfigDict:
         raise ValueError(f"configs/compare.py: no training config configs/{name}.py")
     get_base = runpy.run_path(str(path))["get_config"]
     quick = name == "quickstart"
+    reduced = name == "reduced"
 
     c = ml_collections.ConfigDict()
     # The training config of every cell; a cell overrides seed, student.method, student.head_ratio,
@@ -34,7 +36,7 @@ def get_config(arg: str = "quickstart") -> ml_collections.ConfigDict:
         ("ce", "fkl", "rkl", "hta_kl") if quick else ("ce", "fkl", "rkl", "symmetric", "hta_kl")
     )
     # Training timesteps of the students (each evaluated at its own T: Table I columns).
-    c.grid.timesteps = (1, 2) if quick else (1, 2, 4, 6)
+    c.grid.timesteps = (1, 2) if quick or reduced else (1, 2, 4, 6)
     # Seeds of the students (parameter init, data order, augmentation); tables show mean ± std.
     c.grid.seeds = (0, 1) if quick else (0, 1, 2)
 
@@ -44,15 +46,18 @@ def get_config(arg: str = "quickstart") -> ml_collections.ConfigDict:
         (0.0, 0.25, 0.5, 0.75, 1.0) if quick else tuple(round(0.1 * i, 1) for i in range(11))
     )
     # Training T of the sweep (HTA-KL at this T from the grid is the adaptive reference).
-    c.ablation.timesteps = 2 if quick else 4
+    # (reduced: the interior ratios only; r = 1 is FKL and r = 0 is RKL, already in the grid.)
+    if reduced:
+        c.ablation.head_ratios = (0.25, 0.5, 0.75)
+    c.ablation.timesteps = 1 if reduced else 2 if quick else 4
     c.ablation.seeds = (0,)
 
     c.analysis = ml_collections.ConfigDict()
     # Eval examples (fixed random subset) for firing rates and energy; 0 skips the analysis.
-    c.analysis.num_examples = 355 if quick else 2000
+    c.analysis.num_examples = 355 if quick else 1000 if reduced else 2000
     c.analysis.batch_size = 256
     # Examples in the t-SNE figure (0 = none) and its perplexity.
-    c.analysis.tsne_examples = 355 if quick else 1000
+    c.analysis.tsne_examples = 355 if quick else 500 if reduced else 1000
     c.analysis.tsne_perplexity = 30.0
     # T of the energy table (Table III) and firing-rate/t-SNE figures; 0 = the largest grid T.
     c.analysis.energy_timesteps = 0
