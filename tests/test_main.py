@@ -34,6 +34,10 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         config = runpy.run_path(str(ROOT / "configs" / name))["get_config"](arg)
         cv.check_keys_and_types(config)
         cv.check_values(config, num_devices=8)
+    for arg in ("cifar10", "tiny_imagenet"):
+        config = runpy.run_path(str(ROOT / "configs" / "reduced.py"))["get_config"](arg)
+        cv.check_keys_and_types(config)
+        cv.check_values(config, num_devices=4)
     assert not (tmp_path / "work").exists()
 
 
