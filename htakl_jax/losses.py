@@ -24,11 +24,14 @@ class index (the lower index ranks first), so the head set is deterministic.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtri
 
 Array = jax.Array
 
@@ -180,10 +183,39 @@ def fixed_ratio_kl(
     return _apply_where(temperature**2 * (head_ratio * fkl + (1.0 - head_ratio) * rkl), where)
 
 
-# Above this many classes the head set comes from lax.top_k candidates instead of a full sort.
+# --------------------------------------------------------------------------- head-set paths
+#
+# Three ways to find g_head (the summed |p - q| over the head), all giving the sort's result:
+# - "sort": full stable sort per row, O(C log C); the reference, used up to _SORT_MAX_CLASSES.
+# - "threshold" (default above it): a search for the probability threshold where the head ends,
+#   from a few fused passes over p, then lax.top_k over the classes just below it (see
+#   `_head_gap_threshold`). No sort, whatever the head length.
+# - "top_k": lax.top_k(p, _TOP_K) candidates; when any valid row's head is longer, the whole
+#   batch falls back to the sort (kept for comparison; slow for flat teachers).
+
+# Up to this many classes "auto" sorts; above it, it uses the threshold search.
 _SORT_MAX_CLASSES = 1024
-# Candidates per row for the top-k path; rows whose head extends past them fall back to the sort.
+# Candidates per row for the top-k path.
 _TOP_K = 64
+# Threshold path: the search stops once its bracket holds at most 0.9x this many classes, and
+# lax.top_k ranks this many classes just below the threshold it ends with.
+_CANDIDATES = 64
+# Bound on search passes; every later pass cuts the bracket (in float bit patterns) at least 3x,
+# so < 2^31 bit patterns take at most 20 passes (64 covers float64). NaN rows may hit the bound.
+_MAX_PASSES = 64
+# Probe positions, in units of the estimated spacing that puts about _FILL * _CANDIDATES / 2
+# classes between neighbouring probes: the first pass (8 probes around a log-normal guess), and
+# later passes (6 probes around an interpolated guess, plus 2 at thirds of the bracket, which
+# bound the number of passes when the guesses are poor).
+_FIRST_PROBES = np.array([-7, -5, -3, -1, 1, 3, 5, 7], np.float32)
+_LATER_PROBES = np.array([-5, -3, -1, 1, 3, 5], np.float32)
+_THIRDS = np.array([1 / 3, 2 / 3], np.float32)
+_FILL = 0.6
+# First-pass probe spacing at most this many standard deviations of log p (sparse heads).
+_MAX_FIRST_SPACING = 0.1
+# Later passes run on the rows the first pass left open, gathered, when they are at most this
+# fraction of the batch (else on the whole batch).
+_COMPACT_FRACTION = 8
 
 
 def _head_gap_sorted(p: Array, q: Array, mu: Any) -> Array:
@@ -222,8 +254,8 @@ def _head_gap_top_k(p: Array, q: Array, mu: Any, k: int) -> tuple[Array, Array]:
     return g_head, exact
 
 
-def _keep_gap(g_head: Array, p: Array, q: Array, mu: Any) -> Array:
-    del p, q, mu
+def _keep_gap(g_head: Array, *operands: Any) -> Array:
+    del operands
     return g_head
 
 
@@ -232,22 +264,338 @@ def _head_gap_sorted_branch(g_head: Array, p: Array, q: Array, mu: Any) -> Array
     return _head_gap_sorted(p, q, mu)
 
 
+# ----- threshold path: float bit patterns and exact threshold sums
+
+
+def _to_bits(x: Array) -> Array:
+    """Bit pattern of non-negative floats: an integer that increases with x (+1 = next float)."""
+    return jax.lax.bitcast_convert_type(x, jnp.int32 if x.dtype == jnp.float32 else jnp.int64)
+
+
+def _from_bits(bits: Array, dtype: jnp.dtype) -> Array:
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _exact_scale(dtype: jnp.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, floor): 1 / smallest normal, and the smallest threshold the search uses.
+
+    For thresholds t >= floor = tiny * 2^(nmant + 2), p - prev(t) is either <= 0 (p < t) or at
+    least tiny (p >= t), so (p - prev(t)) * scale is <= 0 or >= 1: min/max arithmetic then tells
+    the two apart exactly, with or without flush-to-zero.
+    """
+    info = jnp.finfo(dtype)
+    scale = np.asarray(1.0 / float(info.tiny), dtype)
+    floor = np.asarray(float(info.tiny) * 2.0 ** (info.nmant + 2), dtype)
+    return scale, floor
+
+
+def _sum_at_least(p: Array, t_bits: Array, weight: Array) -> Array:
+    """sum over classes with p >= t of `weight`, for thresholds [R, J] -> [R, J].
+
+    p [R, C] in [0, 1]; t_bits [R, J] bit patterns of thresholds >= the floor of `_exact_scale`;
+    weight broadcastable to [R, J, C] with 0 <= weight <= 1. Written as
+    clip(p * scale - prev(t) * scale, 0, weight), which is `weight` when p >= t and 0 otherwise
+    (see `_exact_scale`), because XLA:CPU fuses this min/max form into one vectorised reduction
+    per pass, while a compare-and-select costs several times more.
+    """
+    scale, _ = _exact_scale(p.dtype)
+    below_t = _from_bits(t_bits - 1, p.dtype) * scale
+    scaled = (p * scale)[:, None, :]
+    return jnp.sum(jnp.clip(scaled - below_t[..., None], 0.0, weight), axis=-1)
+
+
+def _below(p: Array, hi: Array) -> Array:
+    """p where p < t, else <= 0, for one threshold per row (bits hi [R]); p [R, ...]."""
+    scale, _ = _exact_scale(p.dtype)
+    t = _from_bits(hi, p.dtype).reshape(hi.shape + (1,) * (p.ndim - 1))
+    return jnp.minimum(p, t * scale - p * scale)
+
+
+# ----- threshold path: the search
+
+
+def _first_guess(p: Array, total: Array, mu: Any) -> tuple[Array, Array]:
+    """Threshold guess [R] and first-pass probe spacing [R] (in bit patterns), from one pass.
+
+    Treats log p, weighted by p, as normal (exact for softmax of normal logits): the head ends
+    at log t = m + s * Phi^-1(1 - mu) with m, s the weighted mean and deviation, and about
+    total * phi / (s * t) classes lie per unit of log p there.
+    """
+    _, floor = _exact_scale(p.dtype)
+    log_p = jnp.log(jnp.maximum(p, floor))
+    # A second, differently clamped log keeps XLA from fusing both sums into one multi-output
+    # loop, which XLA:CPU runs several times slower than two separate vectorised reductions.
+    log_p2 = jnp.log(jnp.maximum(p, 2 * floor))
+    mean = jnp.sum(p * log_p, axis=-1) / total
+    var = jnp.sum(p * log_p2 * log_p2, axis=-1) / total - mean * mean
+    std = jnp.sqrt(jnp.maximum(var, 0.0))
+    z = ndtri(jnp.clip(1.0 - mu, 1e-6, 1.0 - 1e-6)).astype(p.dtype)
+    guess = jnp.clip(jnp.exp(mean + std * z), floor, 1.0)
+    classes_per_log = total * jnp.exp(-0.5 * z * z) / (np.sqrt(2 * np.pi) * std * guess)
+    spacing = jnp.minimum(_FILL * _CANDIDATES / 2 / classes_per_log, _MAX_FIRST_SPACING * std)
+    bits_per_log = 2.0 ** jnp.finfo(p.dtype).nmant / np.log(2.0)
+    return guess, jnp.maximum(spacing * bits_per_log, 1.0)
+
+
+def _place_probes(lo: Array, hi: Array, centre: Array, spacing: Array, offsets: Any) -> Array:
+    """Probe bit patterns [R, J] inside (lo, hi): centre + spacing * offsets, clipped.
+
+    `centre` and `spacing` are floats measured from lo in bit patterns.
+    """
+    width = (hi - lo).astype(centre.dtype)
+    x = centre[:, None] + spacing[:, None] * offsets
+    x = jnp.clip(x, 1.0, jnp.maximum(width - 1.0, 1.0)[:, None])
+    probes = lo[:, None] + jnp.round(x).astype(lo.dtype)
+    return jnp.clip(probes, (lo + 1)[:, None], jnp.maximum(hi - 1, lo + 1)[:, None])
+
+
+def _search_pass(p: Array, total: Array, mu: Any, probes: Array, bracket: tuple) -> tuple:
+    """One fused pass: S at every probe, then the tightest bracket per row that is not done.
+
+    bracket = (lo, hi, s_lo, s_hi, done), [R] each, with S(t) = sum_{p >= t} p and, for rows not
+    done, S(lo) > mu * total >= S(hi) (as S(t) / total <= mu, the sort path's test). A row is
+    done when its bracket holds one float value or at most 0.9 * _CANDIDATES classes: every
+    class in [lo, hi) has p >= lo, so there are at most (S(lo) - S(hi)) / lo of them.
+    """
+    lo, hi, s_lo, s_hi, done = bracket
+    s = _sum_at_least(p, probes, p[:, None, :])
+    above = s / total[:, None] > mu
+    new_lo = jnp.max(jnp.where(above, probes, lo[:, None]), axis=-1)
+    new_s_lo = jnp.min(jnp.where(above, s, s_lo[:, None]), axis=-1)
+    new_hi = jnp.min(jnp.where(above, hi[:, None], probes), axis=-1)
+    new_s_hi = jnp.max(jnp.where(above, s_hi[:, None], s), axis=-1)
+    lo, hi = jnp.where(done, lo, new_lo), jnp.where(done, hi, new_hi)
+    s_lo, s_hi = jnp.where(done, s_lo, new_s_lo), jnp.where(done, s_hi, new_s_hi)
+    few = s_lo - s_hi <= 0.9 * _CANDIDATES * _from_bits(lo, p.dtype)
+    return lo, hi, s_lo, s_hi, done | few | (hi - lo <= 1)
+
+
+def _search_continues(carry: tuple) -> Array:
+    n_pass, bracket = carry[0], carry[-1]
+    return (n_pass < _MAX_PASSES) & ~jnp.all(bracket[-1])
+
+
+def _search_step(carry: tuple) -> tuple:
+    """A later pass: probes around the guess from interpolating the probit of S / total.
+
+    For log-normal p, Phi^-1(S(t) / total) is linear in log t, and bit patterns are close to
+    log t, so interpolating it between the bracket ends is accurate once the bracket is small.
+    """
+    n_pass, p, total, mu, bracket = carry
+    lo, hi, s_lo, s_hi, _ = bracket
+    width = (hi - lo).astype(p.dtype)
+    z_target = ndtri(jnp.clip(mu, 1e-6, 1.0 - 1e-6)).astype(p.dtype)
+    z_lo = ndtri(jnp.clip(s_lo / total, 1e-7, 1.0 - 1e-7))
+    z_hi = ndtri(jnp.clip(s_hi / total, 1e-7, 1.0 - 1e-7))
+    frac = jnp.clip((z_lo - z_target) / jnp.maximum(z_lo - z_hi, 1e-6), 0.0, 1.0)
+    guess = _from_bits(lo + (frac * width).astype(lo.dtype), p.dtype)
+    # classes per bit pattern at the guess: dS/dbits / t under the same model
+    slope = total * jnp.exp(-0.5 * z_target * z_target) / np.sqrt(2 * np.pi) * (z_lo - z_hi)
+    classes_per_bit = slope / width / guess
+    spacing = jnp.clip(_FILL * _CANDIDATES / 2 / classes_per_bit, 1.0, width / 16)
+    probes = jnp.concatenate(
+        [
+            _place_probes(lo, hi, frac * width, spacing, _LATER_PROBES),
+            _place_probes(lo, hi, jnp.zeros_like(width), width, _THIRDS),
+        ],
+        axis=-1,
+    )
+    return n_pass + 1, p, total, mu, _search_pass(p, total, mu, probes, bracket)
+
+
+def _refine_all(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
+    """Later passes over the whole batch until every row is done."""
+    return jax.lax.while_loop(_search_continues, _search_step, (1, p, total, mu, bracket))[-1]
+
+
+def _refine_few(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
+    """Later passes over the rows still open only, gathered into R // _COMPACT_FRACTION rows.
+
+    Padding entries repeat row 0; a row that appears twice gets the same result twice.
+    """
+    rows = jnp.nonzero(~bracket[-1], size=max(1, p.shape[0] // _COMPACT_FRACTION), fill_value=0)
+    sub = tuple(x[rows] for x in bracket)
+    sub = _refine_all(p[rows], total[rows], mu, sub)
+    return tuple(x.at[rows].set(y) for x, y in zip(bracket, sub, strict=True))
+
+
+def _search_threshold(p: Array, total: Array, mu: Any, done: Array) -> tuple:
+    """(lo, hi, s_lo, s_hi) bit patterns and sums [R] of the final brackets (rows [R, C])."""
+    _, floor = _exact_scale(p.dtype)
+    # Classes below t hold less than C * t mass, so S(t) > mu * total below this bound; p <= 1.
+    lo0 = jnp.maximum(0.9 * (1.0 - jnp.minimum(mu, 1.0)) * total / p.shape[-1], floor)
+    lo, hi = _to_bits(lo0.astype(p.dtype)), _to_bits(jnp.ones_like(total)) + 1
+    guess, spacing = _first_guess(p, total, mu)
+    centre = jnp.maximum(_to_bits(guess) - lo, 0).astype(p.dtype)
+    probes = _place_probes(lo, hi, centre, spacing, _FIRST_PROBES)
+    bracket = _search_pass(p, total, mu, probes, (lo, hi, total, jnp.zeros_like(total), done))
+    mu = jnp.asarray(mu, p.dtype)
+    few = jnp.sum(~bracket[-1]) <= p.shape[0] // _COMPACT_FRACTION
+    # Module-level branches with explicit operands, so eager calls hit the compilation cache.
+    bracket = jax.lax.cond(few, _refine_few, _refine_all, p, total, mu, bracket)
+    return bracket[:4]
+
+
+# ----- threshold path: resolving the boundary
+
+
+def _group_width(num_classes: int, k: int) -> int:
+    """A divisor w of C near sqrt(C / k), or 1 (then no grouping: C is small or prime-like)."""
+    target = math.sqrt(num_classes / k)
+    best = 1
+    for w in range(2, int(2 * target) + 1):
+        if num_classes % w == 0 and abs(math.log(w / target)) < abs(math.log(best / target)):
+            best = w
+    return best
+
+
+def _top_below(p: Array, hi: Array, k: int) -> tuple[Array, Array]:
+    """The k largest p below the threshold hi (bits [R]) per row: (values, class indices) [R, k].
+
+    Values come in descending order (<= 0 where fewer than k classes lie below hi); among equal
+    values the order, and which ones make the cut at the k-th, are unspecified. lax.top_k on
+    XLA:CPU costs about ten reductions per element, so it runs on a reduced set: split the
+    classes into n = C / w groups {g, g + n, g + 2n, ...}, keep the k groups with the largest
+    maxima, then the k largest of their k * w members. Every class whose value exceeds the k-th
+    largest is kept: else k groups would each hold a larger value.
+    """
+    num_rows, num_classes = p.shape
+    w = _group_width(num_classes, k)
+    if w < 2 or num_classes // w < k:
+        return jax.lax.top_k(_below(p, hi), k)
+    n = num_classes // w
+    grouped = p.reshape(num_rows, w, n)
+    # max over the middle axis, so XLA vectorises it along the contiguous group axis
+    _, groups = jax.lax.top_k(jnp.max(_below(grouped, hi), axis=1), k)
+    members = jnp.take_along_axis(grouped, groups[:, None, :], axis=2)  # [R, w, k]
+    values, pos = jax.lax.top_k(_below(members, hi).reshape(num_rows, w * k), k)
+    group = jnp.take_along_axis(groups, pos % k, axis=-1)
+    return values, (pos // k) * n + group
+
+
+def _lowest_indices(member: Array, idx: Array, j: Array, num_classes: int) -> Array:
+    """The j members [R, k] with the smallest class indices, as a mask, by bisection on the index.
+
+    Finds the largest bound b with #{members with index < b} < j (that is the j-th smallest
+    index) bit by bit, then keeps the members with index <= b.
+    """
+    bound = jnp.zeros_like(j)
+    for bit in reversed(range(max(1, (num_classes - 1).bit_length()))):
+        trial = bound + (1 << bit)
+        count = jnp.sum(member & (idx < trial[:, None]), axis=-1)
+        bound = jnp.where(count < j, trial, bound)
+    return member & (idx <= bound[:, None]) & (j > 0)[:, None]
+
+
+def _tie_gap_branch(g_head: Array, p: Array, q: Array, mu: Any, ends: tuple, redo: Array) -> Array:
+    """Rows in `redo`: the head ends inside a tie group, which the candidates may not cover.
+
+    For those rows ends = (v, S_above, G_above, total): the head takes every class with p > v
+    (mass S_above, gap G_above) and the first j classes (by index) with p == v, j the largest
+    with (S_above + j * v) / total <= mu (at least 1 when nothing lies above v).
+    """
+    v, s_above, g_above, total = ends
+    tie = p == v[:, None]
+    rank = jnp.cumsum(tie, axis=-1)  # 1-based position among the tie members, by class index
+    n_tie = rank[:, -1]
+    room = jnp.clip((mu * total - s_above) / v, 0.0, p.shape[-1])  # clipped before the int cast
+    tries = jnp.floor(room).astype(rank.dtype)[:, None] + jnp.arange(-2, 3, dtype=rank.dtype)
+    tries = jnp.clip(tries, 0, n_tie[:, None])
+    fits = (s_above[:, None] + tries * v[:, None]) / total[:, None] <= mu
+    j = jnp.max(jnp.where(fits, tries, 0), axis=-1)
+    j = jnp.where(s_above == 0, jnp.maximum(j, 1), j)
+    in_head = tie & (rank <= j[:, None])
+    g_tie = g_above + jnp.sum(jnp.where(in_head, jnp.abs(p - q), 0.0), axis=-1)
+    return jnp.where(redo, g_tie, g_head)
+
+
+def _sort_gap_branch(g_head: Array, p: Array, q: Array, mu: Any, redo: Array) -> Array:
+    return jnp.where(redo, _head_gap_sorted(p, q, mu), g_head)
+
+
+def _threshold_head_gap(p: Array, q: Array, mu: Any, valid: Array | None) -> tuple:
+    """The threshold path on rows [R, C] without its slow branches: (g_head, ends, tie, rest).
+
+    g_head [R] is final except on rows `tie` [R] (the head ends inside a tie group that the
+    candidates may not fully cover: `_tie_gap_branch` with `ends`) and `rest` [R] (not settled
+    for another reason: float rounding at the stopping test, NaN; the sort).
+    """
+    total = jnp.sum(p, axis=-1)
+    closed = jnp.broadcast_to(jnp.asarray(mu >= 1), total.shape)  # mu >= 1: every class is head
+    if valid is not None:
+        closed = closed | ~valid
+    lo, hi, _, s_hi = _search_threshold(p, total, mu, closed)
+    cand, idx = _top_below(p, hi, min(_CANDIDATES, p.shape[-1]))
+    member = cand > 0
+    cand = jnp.where(member, cand, 0.0)
+    cand_gap = jnp.where(member, jnp.abs(cand - jnp.take_along_axis(q, idx, axis=-1)), 0.0)
+    cum = (s_hi[:, None] + jnp.cumsum(cand, axis=-1)) / total[:, None]
+    n_in = jnp.sum(member & (cum <= mu), axis=-1)
+    n_in = jnp.where(s_hi == 0, jnp.maximum(n_in, 1), n_in)  # the top-1 class is always head
+    # v: value of the last head candidate. Candidates above v are all head; of the tie group at
+    # v (equal values, in unspecified order) the ones with the lowest class indices are.
+    v = jnp.take_along_axis(cand, jnp.maximum(n_in - 1, 0)[:, None], axis=-1)[:, 0]
+    v = jnp.where(n_in > 0, v, jnp.inf)
+    above = member & (cand > v[:, None])
+    at_v = member & (cand == v[:, None])
+    j = n_in - jnp.sum(above, axis=-1)
+    in_head = above | _lowest_indices(at_v, idx, j, p.shape[-1])
+    g_hi = _sum_at_least(p, hi[:, None], jnp.abs(p - q)[:, None, :])[:, 0]
+    g_head = g_hi + jnp.sum(jnp.where(in_head, cand_gap, 0.0), axis=-1)
+    g_head = jnp.where(mu >= 1, jnp.sum(jnp.abs(p - q), axis=-1), g_head)
+    # Settled when the head ends among the candidates (cumulative mass passes mu), unless its
+    # tie group reaches the last candidate: members of it may lie beyond or be swapped at the cut.
+    settled = closed | (cum[:, -1] > mu)
+    single = hi - lo <= 1  # the bracket holds one float value: then the head ends in its group
+    tie = ~closed & at_v[:, -1] & (settled | single)
+    rest = ~settled & ~single
+    s_above = s_hi + jnp.sum(jnp.where(above, cand, 0.0), axis=-1)
+    g_above = g_hi + jnp.sum(jnp.where(above, cand_gap, 0.0), axis=-1)
+    return g_head, (v, s_above, g_above, total), tie, rest
+
+
+def _head_gap_threshold(p: Array, q: Array, mu: Any, valid: Array | None = None) -> Array:
+    """Summed |p - q| over the head by a threshold search, [..., C] -> [...], no sort.
+
+    The head is a rank prefix, and {p >= t} is a rank prefix for every threshold t, so with
+    S(t) = sum_{p >= t} p the head holds every class with p >= hi whenever S(hi) / total <= mu.
+    `_search_threshold` finds per row a bracket [lo, hi) with S(lo) / total > mu >= S(hi) / total
+    holding at most ~_CANDIDATES classes: a log-normal first guess and one fused pass over p
+    with 8 thresholds around it settle most rows; the rest get interpolating passes, gathered
+    when they are few. The classes just below hi, ranked by value (ties: lower index first, as
+    the sort does), then complete the head by their cumulative mass after S(hi). Rows where the
+    head ends in a tie group the candidates may not cover (e.g. all-equal logits) are counted in
+    a lax.cond branch, anything else unsettled (rounding at the stopping test, NaN) is sorted.
+    Rows outside `valid` never take a branch. Equal to `_head_gap_sorted` up to the rounding of
+    the cumulative sums.
+    """
+    lead, num_classes = p.shape[:-1], p.shape[-1]
+    p, q = p.reshape(-1, num_classes), q.reshape(-1, num_classes)
+    if valid is not None:
+        valid = jnp.asarray(valid, bool).reshape(-1)
+    g_head, ends, tie, rest = _threshold_head_gap(p, q, mu, valid)
+    # Module-level branches with explicit operands, so eager calls hit the compilation cache.
+    g_head = jax.lax.cond(jnp.any(tie), _tie_gap_branch, _keep_gap, g_head, p, q, mu, ends, tie)
+    g_head = jax.lax.cond(jnp.any(rest), _sort_gap_branch, _keep_gap, g_head, p, q, mu, rest)
+    return g_head.reshape(lead)
+
+
 def _head_tail_from_probs(
     p: Array, q: Array, mu: Any, valid: Array | None = None, path: str = "auto"
 ) -> tuple[Array, Array]:
     """Adaptive weights from teacher probs p and student probs q, [..., C] -> ([...], [...]).
 
-    `path` picks how the head set is found: "sort" (full stable sort, O(C log C) per row),
-    "top_k" (lax.top_k candidates, a few passes over memory; rows whose head is longer than the
-    candidates make the whole batch fall back to the sort, so the result is always exact), or
-    "auto" (sort for C <= _SORT_MAX_CLASSES, else top_k). `valid` marks rows whose weights
-    matter; padded rows never trigger the fallback.
+    `path` picks how the head set is found (all exact, see the section comment above): "sort",
+    "threshold", "top_k", or "auto" (sort for C <= _SORT_MAX_CLASSES, else threshold). `valid`
+    marks rows whose weights matter; padded rows never trigger a slow branch.
     """
     num_classes = p.shape[-1]
     if path == "auto":
-        path = "sort" if num_classes <= _SORT_MAX_CLASSES else "top_k"
+        path = "sort" if num_classes <= _SORT_MAX_CLASSES else "threshold"
     if path == "sort":
         g_head = _head_gap_sorted(p, q, mu)
+    elif path == "threshold":
+        g_head = _head_gap_threshold(p, q, mu, valid)
     elif path == "top_k":
         g_head, exact = _head_gap_top_k(p, q, mu, min(num_classes, _TOP_K))
         if valid is not None:
@@ -255,7 +603,9 @@ def _head_tail_from_probs(
         # Module-level branches with explicit operands, so eager calls hit the compilation cache.
         g_head = jax.lax.cond(jnp.all(exact), _keep_gap, _head_gap_sorted_branch, g_head, p, q, mu)
     else:
-        raise ValueError(f"unknown head-set path {path!r}; expected 'auto', 'sort' or 'top_k'")
+        raise ValueError(
+            f"unknown head-set path {path!r}; expected 'auto', 'sort', 'threshold' or 'top_k'"
+        )
     g_total = jnp.sum(jnp.abs(p - q), axis=-1)
     safe_total = jnp.where(g_total > 0, g_total, 1.0)
     w_head = jnp.where(g_total > 0, jnp.minimum(g_head / safe_total, 1.0), 0.5)
@@ -285,13 +635,21 @@ def head_tail_weights(
 
 
 def _hta_kl_and_weight(
-    student_logits: Array, teacher_logits: Array, temperature: Any, mu: Any, where: Array | None
+    student_logits: Array,
+    teacher_logits: Array,
+    temperature: Any,
+    mu: Any,
+    where: Array | None,
+    path: str = "auto",
 ) -> tuple[Array, Array]:
-    """Per-example HTA-KL [...] and its head weight [...], sharing one softmax pass."""
+    """Per-example HTA-KL [...] and its head weight [...], sharing one softmax pass.
+
+    `path` is the head-set path of `_head_tail_from_probs` (benchmarks compare them).
+    """
     _check_mu(mu)
     log_p, p, log_q, q = _prepare(student_logits, teacher_logits, temperature, where)
     w_head, w_tail = _head_tail_from_probs(
-        jax.lax.stop_gradient(p), jax.lax.stop_gradient(q), mu, valid=where
+        jax.lax.stop_gradient(p), jax.lax.stop_gradient(q), mu, valid=where, path=path
     )
     fkl, rkl = _kl(log_p, p, log_q), _kl(log_q, q, log_p)
     return _apply_where(temperature**2 * (w_head * fkl + w_tail * rkl), where), w_head
