@@ -93,8 +93,11 @@ def build_model(
             decay_input=n.decay_input,
             detach_reset=n.detach_reset,
             surrogate=getattr(surrogate, n.surrogate)(n.surrogate_alpha),
-            remat=n.remat,
         )
+    # model.neuron.remat=True is the older spelling of model.remat='neuron'; 'block' covers it.
+    remat = config.model.remat
+    if remat == "none" and spiking and config.model.neuron.remat:
+        remat = "neuron"
     return get_model(
         config.model.name,
         num_classes=num_classes,
@@ -103,6 +106,7 @@ def build_model(
         width_mult=config.model.width_mult,
         dtype=_DTYPES[config.model.dtype],
         bn_axis_name=bn_axis_name,
+        remat=remat,
         **kwargs,
     )
 

@@ -1,11 +1,13 @@
 """Tests for htakl_jax.models: shapes, ANN/SNN parameter parity, BN modes, direct encoding, grads,
-timesteps override, features, spike-count intermediates, cross-device BatchNorm.
+timesteps override, features, spike-count intermediates, cross-device BatchNorm, block remat.
 
 Shape and tree tests only trace (jax.eval_shape); real forward passes use one tiny ResNet-19
 (width 1/16, 8x8 images, batch 2, T=2) whose jitted functions are shared.
 """
 
 import functools
+import runpy
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -294,28 +296,6 @@ def test_gradient_reaches_every_parameter_resnet19(snn):
     assert_all_nonzero(train(variables, x)[1])
 
 
-# resnet20 shares BasicBlock with resnet19; these two cover max pooling + a deep MLP head, and the
-# SEW ADD connection with spiking downsample shortcuts.
-@pytest.mark.parametrize("name", ["vgg16", "sew_resnet18"])
-def test_gradient_reaches_every_parameter(name):
-    model = tiny(name, True, v_threshold=V_TH)
-    x = jax.random.normal(jax.random.key(3), (B, 8, 8, 3))
-    variables = numpy_variables(model, x)
-
-    @jax.jit
-    @jax.grad
-    def grads(params):
-        logits, _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return cross_entropy(logits, jnp.arange(B) % C)
-
-    assert_all_nonzero(grads(variables["params"]))
-
-
 def test_bf16_compute_keeps_float32_params_and_logits():
     (logits, feats), variables = traced("resnet20", True, 8, dtype=jnp.bfloat16)
     params_and_stats = [variables["params"], variables["batch_stats"]]
@@ -350,3 +330,80 @@ def test_sharded_batch_norm_equals_single_device():
     )
     # without the axis name each device would normalise its own example: different logits
     assert np.any(want_logits != 0)
+
+
+# ---- block rematerialisation ------------------------------------------------------------------
+# remat='block' recomputes each block in the backward (htakl_jax.models.remat): same variable tree,
+# outputs, gradients, BN statistics and sown spike counts as the plain model.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_remat_keeps_the_variable_tree(name):
+    for spiking in (False, True):
+        _, plain = traced(name, spiking, 8)
+        _, block = traced(name, spiking, 8, remat="block")
+        shapes = functools.partial(jax.tree.map, lambda a: (a.shape, a.dtype))
+        assert shapes(block) == shapes(plain)  # params, batch_stats and (SNN) intermediates
+
+
+def test_remat_modes():
+    assert tiny("resnet20", True).remat_blocks is False
+    block = tiny("resnet20", True, remat="block")
+    assert block.remat_blocks and "remat" not in dict(block.neuron_kwargs)
+    for neuron in (tiny("resnet20", True, remat="neuron"), tiny("resnet20", True, remat=True)):
+        assert not neuron.remat_blocks and dict(neuron.neuron_kwargs)["remat"] is True
+    with pytest.raises(ValueError, match="remat must be one of"):
+        tiny("resnet20", True, remat="blocks")
+
+
+def test_config_remat_key_drives_the_model():
+    from htakl_jax.train import build_model
+
+    config = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "default.py"))[
+        "get_config"
+    ]()
+    assert config.model.remat == "none"
+    assert not build_model(config, num_classes=C, spiking=True).remat_blocks
+    config.model.neuron.remat = True  # the older neuron flag still works
+    assert dict(build_model(config, num_classes=C, spiking=True).neuron_kwargs)["remat"] is True
+    config.model.remat = "block"
+    assert build_model(config, num_classes=C, spiking=True).remat_blocks
+    assert build_model(config, num_classes=C, spiking=False).remat_blocks
+
+
+# resnet20 covers the BasicBlock (shared with resnet19) and the stand-alone stem conv units,
+# sew_resnet18 the SEW ADD blocks with spiking downsample shortcuts, vgg16 the conv units with max
+# pooling and a deep MLP head. The plain model's gradient must also reach every parameter.
+@pytest.mark.parametrize("name", ["resnet20", "sew_resnet18", "vgg16"])
+def test_block_remat_equals_plain_model_and_gradient_reaches_every_parameter(name):
+    x = jax.random.normal(jax.random.key(3), (B, 8, 8, 3))
+    labels = jnp.arange(B) % C
+    results = []
+    for remat in ("none", "block"):
+        model = tiny(name, True, v_threshold=V_TH, remat=remat)
+        variables = numpy_variables(model, x)
+
+        @jax.jit
+        def step(params, model=model, stats=variables["batch_stats"]):
+            def loss(params):
+                logits, state = model.apply(
+                    {"params": params, "batch_stats": stats},
+                    x,
+                    train=True,
+                    mutable=["batch_stats", "intermediates"],
+                )
+                return cross_entropy(logits, labels), (logits, state)
+
+            return jax.grad(loss, has_aux=True)(params)
+
+        results.append(step(variables["params"]))
+    (g_plain, (y_plain, s_plain)), (g_block, (y_block, s_block)) = results
+    assert_all_nonzero(g_plain)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    close(y_block, y_plain)
+    jax.tree.map(close, g_block, g_plain)
+    assert jax.tree.structure(s_block) == jax.tree.structure(s_plain)
+    jax.tree.map(close, s_block["batch_stats"], s_plain["batch_stats"])
+    # the forward is the same computation, so every LIF fires the same spikes
+    counts = jax.tree.map(np.asarray, s_plain["intermediates"])
+    jax.tree.map(np.testing.assert_array_equal, s_block["intermediates"], counts)

@@ -8,7 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from htakl_jax.layers import check_neuron_kwargs, neuron_kwargs_tuple
-from htakl_jax.models.base import Network, check_positive_int
+from htakl_jax.models.base import REMAT_MODES, Network, check_positive_int, check_remat
 from htakl_jax.models.resnet import BasicBlock, ResNet19, ResNet20
 from htakl_jax.models.sew_resnet import SEWBlock, SEWResNet
 from htakl_jax.models.vgg import VGG16
@@ -31,6 +31,7 @@ def get_model(
     width_mult: float = 1.0,
     dtype: Any = jnp.float32,
     bn_axis_name: str | None = None,
+    remat: str | bool = "none",
     **neuron_kwargs: Any,
 ) -> Network:
     """Build a classifier: ``spiking=False`` the ANN teacher (ReLU), ``True`` the SNN student (LIF).
@@ -43,8 +44,12 @@ def get_model(
       width_mult: scales every channel / hidden width (rounded, at least 1).
       dtype: computation dtype (parameters stay float32; logits are returned as float32).
       bn_axis_name: mesh axis for cross-device BatchNorm statistics inside ``jax.shard_map``.
-      **neuron_kwargs: tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, remat,
-        forwarded to every LIF (accepted and unused for the ANN).
+      remat: what the backward recomputes instead of storing (memory for time; results, variables
+        and sown values are unchanged): ``"none"``; ``"neuron"`` (or ``True``), each LIF its
+        membrane; ``"block"``, each residual block / conv-BN-act unit all but its conv outputs
+        (see :mod:`htakl_jax.models.base`).
+      **neuron_kwargs: tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, forwarded
+        to every LIF (accepted and unused for the ANN).
 
     ``model.apply(variables, x_BHWC, train=...)`` returns ``[B, classes]`` (ANN) or
     ``[T, B, classes]`` (SNN); see :class:`htakl_jax.models.base.Network`.
@@ -56,6 +61,9 @@ def get_model(
     if not width_mult > 0:
         raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
     check_neuron_kwargs(neuron_kwargs)
+    remat = check_remat(remat)
+    if remat == "neuron":
+        neuron_kwargs["remat"] = True
     return MODELS[name](
         num_classes=num_classes,
         spiking=bool(spiking),
@@ -64,11 +72,13 @@ def get_model(
         dtype=dtype,
         bn_axis_name=bn_axis_name,
         neuron_kwargs=neuron_kwargs_tuple(neuron_kwargs),
+        remat_blocks=remat == "block",
     )
 
 
 __all__ = [
     "MODELS",
+    "REMAT_MODES",
     "BasicBlock",
     "Network",
     "ResNet19",

@@ -1,4 +1,13 @@
-"""Shared front and back end of every topology: argument checks, folding, per-timestep logits."""
+"""Shared front and back end of every topology: argument checks, folding, per-timestep logits, and
+block rematerialisation.
+
+Block remat (``Network.remat_blocks``): the stem, every residual block and every stand-alone
+conv-BN-act unit runs under :func:`htakl_jax.models.remat.remat`, so the forward keeps only block
+*boundaries* (each block's input) and the conv outputs (:data:`BLOCK_REMAT_POLICY`) for the
+backward, which recomputes BN, LIF membranes and spikes of one block just before differentiating
+it. Variables, sown spike counts and all results are those of the plain model: only what the
+backward stores changes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,30 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from htakl_jax.layers import LayerFactory, scale_width, unfold_time
+from htakl_jax.layers import DirectEncoder, LayerFactory, scale_width, unfold_time
+from htakl_jax.models import remat as remat_lib
+
+# Model-level remat modes (see :func:`check_remat`).
+REMAT_MODES = ("none", "neuron", "block")
+
+
+# What a remat block keeps from its forward besides its inputs: its conv outputs, so no conv runs
+# twice (benchmarks/memory.py measures this against saving nothing).
+BLOCK_REMAT_POLICY = remat_lib.save_conv_outputs
+
+
+def check_remat(remat: str | bool) -> str:
+    """The remat mode as one of :data:`REMAT_MODES`, or a ValueError.
+
+    ``"none"``: plain backward. ``"neuron"``: every LIF recomputes its membrane in its own backward
+    (the LIF ``remat`` field). ``"block"``: every block recomputes its internals (see the module
+    docstring). Booleans are the older neuron flag: ``True`` is ``"neuron"``, ``False`` ``"none"``.
+    """
+    if isinstance(remat, bool):
+        return "neuron" if remat else "none"
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {REMAT_MODES} (or a bool), got {remat!r}")
+    return remat
 
 
 def check_positive_int(value: Any, what: str) -> int:
@@ -44,6 +76,8 @@ class Network(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     neuron_kwargs: tuple[tuple[str, Any], ...] = ()
+    # Recompute each block's internals in the backward (see the module docstring).
+    remat_blocks: bool = False
 
     def _forward(
         self, x_BHWC: jax.Array, ops: LayerFactory, *, train: bool, timesteps: int
@@ -54,6 +88,60 @@ class Network(nn.Module):
     def width(self, channels: int) -> int:
         """``channels`` scaled by ``width_mult``."""
         return scale_width(channels, self.width_mult)
+
+    def block(self, cls: type[nn.Module]) -> type[nn.Module]:
+        """The block class ``cls``, rematerialised when ``remat_blocks``.
+
+        Call the created block positionally, ``block(x, train, timesteps)``: under remat ``train``
+        and ``timesteps`` are static (they steer Python control flow and fix shapes). Variables
+        and sown values keep the paths of the plain class.
+        """
+        if not self.remat_blocks:
+            return cls
+        return remat_lib.remat(cls, static_argnums=(2, 3), policy=BLOCK_REMAT_POLICY)
+
+    def conv_bn_act(
+        self,
+        x: jax.Array,
+        ops: LayerFactory,
+        index: int,
+        features: int,
+        train: bool,
+        timesteps: int,
+    ) -> jax.Array:
+        """One conv3x3 (stride 1) - BN - act unit, layers named ``conv{index}``, ``bn{index}``,
+        ``act{index}`` directly in this module; a remat block of its own when ``remat_blocks``.
+        ``[N, H, W, C] -> [N, H, W, features]``."""
+        unit = type(self)._conv_bn_act
+        if self.remat_blocks:
+            # Lifting the method (not a child module) keeps the unit's layers at the top level,
+            # so remat and plain models have the same variable tree.
+            unit = remat_lib.remat(unit, static_argnums=(2, 3, 4, 5, 6), policy=BLOCK_REMAT_POLICY)
+        return unit(self, x, ops, index, features, train, timesteps)
+
+    def encode(
+        self,
+        x_BHWC: jax.Array,
+        ops: LayerFactory,
+        features: int,
+        names: tuple[str, str],
+        train: bool,
+        timesteps: int,
+    ) -> jax.Array:
+        """The direct-encoding stem and its activation, named ``names = (encoder, act)``; a remat
+        block of its own when ``remat_blocks``. ``[B, H, W, 3] -> [T*B, H, W, features]``."""
+        unit = type(self)._encode
+        if self.remat_blocks:
+            unit = remat_lib.remat(unit, static_argnums=(2, 3, 4, 5, 6), policy=BLOCK_REMAT_POLICY)
+        return unit(self, x_BHWC, ops, features, names, train, timesteps)
+
+    def _encode(self, x, ops, features, names, train, timesteps):
+        x = DirectEncoder(ops, features, name=names[0])(x, train=train, timesteps=timesteps)
+        return ops.act(x, timesteps, names[1])
+
+    def _conv_bn_act(self, x, ops, index, features, train, timesteps):
+        x = ops.conv(features, 3, 1, name=f"conv{index}")(x)
+        return ops.act(ops.batch_norm(train, name=f"bn{index}")(x), timesteps, f"act{index}")
 
     @nn.compact
     def __call__(

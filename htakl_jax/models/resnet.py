@@ -22,7 +22,8 @@ class BasicBlock(nn.Module):
     strides: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool, timesteps: int) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, timesteps: int) -> jax.Array:
+        # train / timesteps positional: Network.block's nn.remat marks them static by position.
         ops = self.ops
         # Shortcut first: count_macs attributes a layer's input to the last LIF run before it.
         shortcut = x
@@ -37,10 +38,11 @@ class BasicBlock(nn.Module):
 
 
 def _stages(x, net: Network, ops, widths, blocks, strides, *, train, timesteps):
+    block = net.block(BasicBlock)
     for s, (w, n, st) in enumerate(zip(widths, blocks, strides, strict=True)):
         for b in range(n):
-            x = BasicBlock(ops, net.width(w), st if b == 0 else 1, name=f"stage{s + 1}_block{b}")(
-                x, train=train, timesteps=timesteps
+            x = block(ops, net.width(w), st if b == 0 else 1, name=f"stage{s + 1}_block{b}")(
+                x, train, timesteps
             )
     return x
 
@@ -69,11 +71,9 @@ class ResNet20(Network):
 
     def _forward(self, x, ops, *, train, timesteps):
         w = self.width(64)
-        x = DirectEncoder(ops, w, name="stem")(x, train=train, timesteps=timesteps)
-        x = ops.act(x, timesteps, "stem_act")
+        x = self.encode(x, ops, w, ("stem", "stem_act"), train, timesteps)
         for i in (2, 3):
-            x = ops.conv(w, 3, 1, name=f"conv{i}")(x)
-            x = ops.act(ops.batch_norm(train, name=f"bn{i}")(x), timesteps, f"act{i}")
+            x = self.conv_bn_act(x, ops, i, w, train, timesteps)
         x = avg_pool2(x)
         x = _stages(
             x,

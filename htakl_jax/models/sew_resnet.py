@@ -28,7 +28,8 @@ class SEWBlock(nn.Module):
     strides: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool, timesteps: int) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, timesteps: int) -> jax.Array:
+        # train / timesteps positional: Network.block's nn.remat marks them static by position.
         ops = self.ops
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
@@ -51,10 +52,11 @@ class SEWResNet(Network):
         x = DirectEncoder(ops, self.width(64), name="stem")(x, train=train, timesteps=timesteps)
         x = ops.act(x, timesteps, "stem_act")
         widths, strides = (64, 128, 256, 512), (1, 2, 2, 2)
+        block = self.block(SEWBlock)
         for s, (w, n, st) in enumerate(zip(widths, self.blocks, strides, strict=True)):
             for b in range(n):
-                x = SEWBlock(
-                    ops, self.width(w), st if b == 0 else 1, name=f"stage{s + 1}_block{b}"
-                )(x, train=train, timesteps=timesteps)
+                x = block(ops, self.width(w), st if b == 0 else 1, name=f"stage{s + 1}_block{b}")(
+                    x, train, timesteps
+                )
         x = global_avg_pool(x)
         return ops.dense(self.num_classes, name="head")(x), x

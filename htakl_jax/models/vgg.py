@@ -32,8 +32,7 @@ class VGG16(Network):
                 x = max_pool2(x)
                 continue
             i += 1
-            x = ops.conv(self.width(c), 3, 1, name=f"conv{i}")(x)
-            x = ops.act(ops.batch_norm(train, name=f"bn{i}")(x), timesteps, f"act{i}")
+            x = self.conv_bn_act(x, ops, i, self.width(c), train, timesteps)
         x = global_avg_pool(x)
         for j in (1, 2):
             x = ops.act(ops.dense(self.width(512), name=f"fc{j}")(x), timesteps, f"fc{j}_act")
