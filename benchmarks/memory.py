@@ -44,9 +44,9 @@ from _common import print_table, time_interleaved, try_import_torch, write_json 
 from step import _jax_runner, _jax_step, _sj_runner  # noqa: E402
 
 from htakl_jax.models import base  # noqa: E402
+from htakl_jax.parallel import XLA_CPU_MEMORY_SCHEDULER  # noqa: E402
 
 MIB = 2**20
-MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 # (column label, get_model remat mode, block policy override)
 VARIANTS = (
     ("none", "none", None),
@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     peer = not args.no_peer and try_import_torch() is not None
     cpu = jax.default_backend() == "cpu"
-    options = MEMORY_SCHEDULER if cpu else {}
+    options = XLA_CPU_MEMORY_SCHEDULER if cpu else {}
     print(
         f"device={jax.devices()[0].device_kind} batch={args.batch} width={args.width_mult} "
         f"peak = XLA temp size{', memory-optimised CPU scheduler' if cpu else ''}"

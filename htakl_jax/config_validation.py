@@ -19,7 +19,7 @@ import ml_collections
 from htakl_jax import checkpoint as ckpt_lib
 from htakl_jax import data as data_lib
 from htakl_jax import losses
-from htakl_jax.models import MODELS
+from htakl_jax.models import MODELS, REMAT_MODES
 
 MODES = ("all", "teacher", "distill", "eval")
 DTYPES = ("float32", "bfloat16")
@@ -104,6 +104,9 @@ def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None
     _require(c.model.name in MODELS, "model.name", f"must be one of {sorted(MODELS)}", c.model.name)
     _require(c.model.width_mult > 0, "model.width_mult", "must be > 0", c.model.width_mult)
     _require(c.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", c.model.dtype)
+    _require(
+        c.model.remat in REMAT_MODES, "model.remat", f"must be one of {REMAT_MODES}", c.model.remat
+    )
     n = c.model.neuron
     _require(n.tau > 1.0, "model.neuron.tau", "must be > 1 (membrane time constant)", n.tau)
     _require(n.v_threshold > 0, "model.neuron.v_threshold", "must be > 0", n.v_threshold)

@@ -133,6 +133,12 @@ def global_batch(local_tree: Any, mesh: Mesh) -> Any:
     )
 
 
+# XLA:CPU's memory-optimised instruction scheduler. Its default (concurrency-optimised) scheduler
+# starts every zero-filled lax.scan output buffer (one per LIF and per LIF backward) at the top of
+# the program, so they are all live at once and rematerialisation saves little memory.
+XLA_CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
 def data_parallel(
     step_fn: Callable[..., Any],
     mesh: Mesh,
@@ -140,17 +146,20 @@ def data_parallel(
     num_replicated: int,
     num_sharded: int,
     donate_first: bool = True,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Callable[..., Any]:
     """Jits `step_fn(*replicated_args, *sharded_args)` as an SPMD step over `mesh`.
 
     The first `num_replicated` arguments are replicated P(), the next `num_sharded` are split on
     their leading axis P('data'); all outputs are replicated (the step must reduce them with
     pmean/psum over 'data'). With donate_first the first argument's buffers (the train state) are
-    donated.
+    donated. `compiler_options` go to XLA (e.g. `XLA_CPU_MEMORY_SCHEDULER`).
     """
     in_specs = (P(),) * num_replicated + (P(DATA_AXIS),) * num_sharded
     # check_vma=False gives pmap's semantics: the gradient of replicated parameters is the local
     # one and the step averages it with an explicit pmean. With check_vma=True JAX would insert
     # the cross-device sum into the transpose itself and the pmean would no longer average.
     mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
-    return jax.jit(mapped, donate_argnums=(0,) if donate_first else ())
+    return jax.jit(
+        mapped, donate_argnums=(0,) if donate_first else (), compiler_options=compiler_options
+    )

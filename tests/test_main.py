@@ -57,6 +57,7 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         ("teacher.batch_size", 6, "config.teacher.batch_size must be divisible by the device"),
         ("eval.batch_size", 10, "config.eval.batch_size must be divisible by the device"),
         ("model.name", "resnet50", "config.model.name must be one of"),
+        ("model.remat", "blocks", "config.model.remat must be one of"),
         ("data.name", "mnist", "config.data.name must be one of"),
         ("teacher.epochs", 0, "config.teacher.epochs must be >= 1"),
     ],

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from htakl_jax import layers
+from htakl_jax import layers, parallel
 from htakl_jax.layers import BN_MOMENTUM
 from htakl_jax.models import MODELS, get_model
 
@@ -357,18 +357,21 @@ def test_remat_modes():
 
 
 def test_config_remat_key_drives_the_model():
-    from htakl_jax.train import build_model
+    from htakl_jax.train import build_model, step_compiler_options
 
     config = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "default.py"))[
         "get_config"
     ]()
     assert config.model.remat == "none"
     assert not build_model(config, num_classes=C, spiking=True).remat_blocks
+    assert step_compiler_options(config) is None
     config.model.neuron.remat = True  # the older neuron flag still works
     assert dict(build_model(config, num_classes=C, spiking=True).neuron_kwargs)["remat"] is True
     config.model.remat = "block"
     assert build_model(config, num_classes=C, spiking=True).remat_blocks
     assert build_model(config, num_classes=C, spiking=False).remat_blocks
+    # With remat on, the CPU steps use the memory-optimised schedule (test_parallel checks it).
+    assert step_compiler_options(config) == parallel.XLA_CPU_MEMORY_SCHEDULER
 
 
 # resnet20 covers the BasicBlock (shared with resnet19) and the stand-alone stem conv units,
