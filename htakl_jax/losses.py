@@ -19,7 +19,9 @@ HTA-KL (head-tail-aware KL): teacher classes sorted by probability form a "head"
 cumulative teacher mass stays <= mu, and always the top-1 class) and a "tail" (the rest). The summed
 |p - q| gaps on each side set the weights of forward KL (head-seeking) and reverse KL
 (tail-covering): HTA-KL = w_head * FKL + w_tail * RKL. Ties in teacher probability are broken by
-class index (the lower index ranks first), so the head set is deterministic.
+class index (the lower index ranks first), so the head set is deterministic. Up to 1024 classes the
+head comes from a sort; above, from a sort-free threshold search with the same result (see the
+"head-set paths" section).
 """
 
 from __future__ import annotations
@@ -109,23 +111,99 @@ def _log_probs(logits: Array, temperature: Any) -> tuple[Array, Array]:
     return log_p, jnp.exp(log_p)
 
 
-def _kl(log_a: Array, a: Array, log_b: Array) -> Array:
-    """sum_c a_c (log a_c - log b_c) over the last axis, with 0 log 0 = 0 (masked classes)."""
-    support = a > 0
-    # The inner `where` keeps -inf - -inf = NaN out of the gradient of the outer one.
-    diff = jnp.where(support, log_a - jnp.where(support, log_b, 0.0), 0.0)
-    return jnp.sum(jnp.where(support, a * diff, 0.0), axis=-1)
-
-
-def _prepare(
+def _checked_logits(
     student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
-) -> tuple[Array, Array, Array, Array]:
+) -> tuple[Array, Array]:
+    """Validated (student, teacher) logits [..., C] in float32 or wider, padded rows zeroed."""
     _check_pair(student_logits, teacher_logits)
     _check_where(where, jnp.shape(teacher_logits)[:-1])
     _check_temperature(temperature)
-    log_q, q = _log_probs(_mask_logits(student_logits, where), temperature)
-    log_p, p = _log_probs(_mask_logits(teacher_logits, where), temperature)
-    return log_p, p, log_q, q
+    return _mask_logits(student_logits, where), _mask_logits(teacher_logits, where)
+
+
+def _probs(
+    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
+) -> tuple[Array, Array]:
+    """Teacher and student probabilities (p, q) at `temperature`, [..., C] each."""
+    s, t = _checked_logits(student_logits, teacher_logits, temperature, where)
+    return _log_probs(t, temperature)[1], _log_probs(s, temperature)[1]
+
+
+# ----- the KL pair with a hand-written backward
+#
+# Every KD loss here is w_fkl * KL(p || q) + w_rkl * KL(q || p) with weights that carry no
+# gradient into the logits. Autodiff through log_softmax saves and re-reads several [..., C]
+# arrays; this VJP keeps only the logits (alive anyway) and per-row scalars, and rebuilds p and q
+# in one elementwise pass. With z = logits / tau, d = log p - log q (0 log 0 = 0 on masked
+# classes):
+#   dKL(p||q)/dz_s = q - p            dKL(q||p)/dz_s = q * (-d - KL(q||p))
+#   dKL(p||q)/dz_t = p * (d - KL(p||q))   dKL(q||p)/dz_t = p - q
+# and dL/dtau = -(1 / tau) * sum(dL/ds * s + dL/dt * t). Forward-mode autodiff (jax.jvp) does
+# not pass through it (a custom_vjp limitation).
+
+
+def _kl_terms(s: Array, t: Array, temperature: Array) -> tuple:
+    """Per-class log q, q, log p, p and d = log p - log q (0 where both vanish), [..., C] each."""
+    log_q, q = _log_probs(s, temperature)
+    log_p, p = _log_probs(t, temperature)
+    # The inner `where`s keep -inf - -inf = NaN out of d on classes masked in both.
+    d = jnp.where(p > 0, log_p, 0.0) - jnp.where(q > 0, log_q, 0.0)
+    return q, p, d
+
+
+def _kl_pair_values(s: Array, t: Array, temperature: Array) -> tuple[Array, Array]:
+    """(KL(p || q), KL(q || p)) per row, [...] each."""
+    q, p, d = _kl_terms(s, t, temperature)
+    fkl = jnp.sum(jnp.where(p > 0, p * d, 0.0), axis=-1)
+    rkl = jnp.sum(jnp.where(q > 0, -q * d, 0.0), axis=-1)
+    return fkl, rkl
+
+
+@jax.custom_vjp
+def _kl_pair(s: Array, t: Array, w_fkl: Array, w_rkl: Array, temperature: Array) -> Array:
+    """w_fkl * KL(p || q) + w_rkl * KL(q || p) per row: logits [..., C], weights [...] -> [...]."""
+    fkl, rkl = _kl_pair_values(s, t, temperature)
+    return w_fkl * fkl + w_rkl * rkl
+
+
+def _kl_pair_fwd(s, t, w_fkl, w_rkl, temperature):
+    fkl, rkl = _kl_pair_values(s, t, temperature)
+    return w_fkl * fkl + w_rkl * rkl, (s, t, w_fkl, w_rkl, temperature, fkl, rkl)
+
+
+def _kl_pair_bwd(residuals, g):
+    s, t, w_fkl, w_rkl, temperature, fkl, rkl = residuals
+    q, p, d = _kl_terms(s, t, temperature)
+    g_f, g_r = (g * w_fkl)[..., None], (g * w_rkl)[..., None]
+    dz_s = g_f * (q - p) + g_r * jnp.where(q > 0, q * (-d - rkl[..., None]), 0.0)
+    dz_t = g_f * jnp.where(p > 0, p * (d - fkl[..., None]), 0.0) + g_r * (p - q)
+    ds, dt = dz_s / temperature, dz_t / temperature
+    d_temperature = -(_finite_dot(ds, s) + _finite_dot(dt, t)) / temperature
+    return ds, dt, g * fkl, g * rkl, d_temperature.astype(temperature.dtype)
+
+
+_kl_pair.defvjp(_kl_pair_fwd, _kl_pair_bwd)
+
+
+def _finite_dot(cotangent: Array, logits: Array) -> Array:
+    """sum(cotangent * logits) over finite logits: -inf (masked) classes add 0, not NaN."""
+    return jnp.sum(jnp.where(jnp.isfinite(logits), cotangent * logits, 0.0))
+
+
+def _weighted_kl(
+    student_logits: Array,
+    teacher_logits: Array,
+    w_fkl: Any,
+    w_rkl: Any,
+    temperature: Any,
+    where: Array | None,
+) -> Array:
+    """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 on rows outside `where`; [...]."""
+    s, t = _checked_logits(student_logits, teacher_logits, temperature, where)
+    rows = s.shape[:-1]
+    tau = jnp.asarray(temperature, s.dtype)
+    w_fkl, w_rkl = (jnp.broadcast_to(jnp.asarray(w, s.dtype), rows) for w in (w_fkl, w_rkl))
+    return _apply_where(tau**2 * _kl_pair(s, t, w_fkl, w_rkl, tau), where)
 
 
 # --------------------------------------------------------------------------- public losses
@@ -139,8 +217,7 @@ def forward_kl(
     where: Array | None = None,
 ) -> Array:
     """Standard KD: tau^2 * KL(p_teacher || q_student) per example. [..., C] -> [...]."""
-    log_p, p, log_q, _ = _prepare(student_logits, teacher_logits, temperature, where)
-    return _apply_where(temperature**2 * _kl(log_p, p, log_q), where)
+    return _weighted_kl(student_logits, teacher_logits, 1.0, 0.0, temperature, where)
 
 
 def reverse_kl(
@@ -151,8 +228,7 @@ def reverse_kl(
     where: Array | None = None,
 ) -> Array:
     """Reverse KD: tau^2 * KL(q_student || p_teacher) per example. [..., C] -> [...]."""
-    log_p, _, log_q, q = _prepare(student_logits, teacher_logits, temperature, where)
-    return _apply_where(temperature**2 * _kl(log_q, q, log_p), where)
+    return _weighted_kl(student_logits, teacher_logits, 0.0, 1.0, temperature, where)
 
 
 def symmetric_kl(
@@ -178,26 +254,27 @@ def fixed_ratio_kl(
 ) -> Array:
     """Ablation with constant weights: r * FKL + (1 - r) * RKL per example. [..., C] -> [...]."""
     _check_head_ratio(head_ratio)
-    log_p, p, log_q, q = _prepare(student_logits, teacher_logits, temperature, where)
-    fkl, rkl = _kl(log_p, p, log_q), _kl(log_q, q, log_p)
-    return _apply_where(temperature**2 * (head_ratio * fkl + (1.0 - head_ratio) * rkl), where)
+    return _weighted_kl(
+        student_logits, teacher_logits, head_ratio, 1.0 - head_ratio, temperature, where
+    )
 
 
 # --------------------------------------------------------------------------- head-set paths
 #
-# Three ways to find g_head (the summed |p - q| over the head), all giving the sort's result:
-# - "sort": full stable sort per row, O(C log C); the reference, used up to _SORT_MAX_CLASSES.
-# - "threshold" (default above it): a search for the probability threshold where the head ends,
-#   from a few fused passes over p, then lax.top_k over the classes just below it (see
+# Three ways to find g_head (the summed |p - q| over the head), all giving the sort's result up
+# to the rounding of cumulative sums:
+# - "sort": full stable sort per row; the reference, and the default up to _SORT_MAX_CLASSES.
+# - "threshold" (the default above): a search for the probability where the head ends, from a
+#   few fused passes over p, then lax.top_k on a reduced set of the classes just below it (see
 #   `_head_gap_threshold`). No sort, whatever the head length.
 # - "top_k": lax.top_k(p, _TOP_K) candidates; when any valid row's head is longer, the whole
-#   batch falls back to the sort (kept for comparison; slow for flat teachers).
+#   batch falls back to the sort (the previous default; kept for comparison).
 
 # Up to this many classes "auto" sorts; above it, it uses the threshold search.
 _SORT_MAX_CLASSES = 1024
 # Candidates per row for the top-k path.
 _TOP_K = 64
-# Threshold path: the search stops once its bracket holds at most 0.9x this many classes, and
+# Threshold path: the search stops once its bracket holds at most this many classes, and
 # lax.top_k ranks this many classes just below the threshold it ends with.
 _CANDIDATES = 64
 # Bound on search passes; every later pass cuts the bracket (in float bit patterns) at least 3x,
@@ -210,12 +287,9 @@ _MAX_PASSES = 64
 _FIRST_PROBES = np.array([-7, -5, -3, -1, 1, 3, 5, 7], np.float32)
 _LATER_PROBES = np.array([-5, -3, -1, 1, 3, 5], np.float32)
 _THIRDS = np.array([1 / 3, 2 / 3], np.float32)
-_FILL = 0.6
+_FILL = 0.65
 # First-pass probe spacing at most this many standard deviations of log p (sparse heads).
 _MAX_FIRST_SPACING = 0.1
-# Later passes run on the rows the first pass left open, gathered, when they are at most this
-# fraction of the batch (else on the whole batch).
-_COMPACT_FRACTION = 8
 
 
 def _head_gap_sorted(p: Array, q: Array, mu: Any) -> Array:
@@ -294,21 +368,22 @@ def _sum_at_least(p: Array, t_bits: Array, weight: Array) -> Array:
 
     p [R, C] in [0, 1]; t_bits [R, J] bit patterns of thresholds >= the floor of `_exact_scale`;
     weight broadcastable to [R, J, C] with 0 <= weight <= 1. Written as
-    clip(p * scale - prev(t) * scale, 0, weight), which is `weight` when p >= t and 0 otherwise
+    clip((p - prev(t)) * scale, 0, weight), which is `weight` when p >= t and 0 otherwise
     (see `_exact_scale`), because XLA:CPU fuses this min/max form into one vectorised reduction
     per pass, while a compare-and-select costs several times more.
     """
     scale, _ = _exact_scale(p.dtype)
-    below_t = _from_bits(t_bits - 1, p.dtype) * scale
-    scaled = (p * scale)[:, None, :]
-    return jnp.sum(jnp.clip(scaled - below_t[..., None], 0.0, weight), axis=-1)
+    below_t = _from_bits(t_bits - 1, p.dtype)
+    # (p - prev(t)) * scale, not p * scale - ...: XLA would store the shared p * scale.
+    indicator_ish = (p[:, None, :] - below_t[..., None]) * scale
+    return jnp.sum(jnp.clip(indicator_ish, 0.0, weight), axis=-1)
 
 
 def _below(p: Array, hi: Array) -> Array:
     """p where p < t, else <= 0, for one threshold per row (bits hi [R]); p [R, ...]."""
     scale, _ = _exact_scale(p.dtype)
     t = _from_bits(hi, p.dtype).reshape(hi.shape + (1,) * (p.ndim - 1))
-    return jnp.minimum(p, t * scale - p * scale)
+    return jnp.minimum(p, (t - p) * scale)
 
 
 # ----- threshold path: the search
@@ -333,8 +408,12 @@ def _first_guess(p: Array, total: Array, mu: Any) -> tuple[Array, Array]:
     guess = jnp.clip(jnp.exp(mean + std * z), floor, 1.0)
     classes_per_log = total * jnp.exp(-0.5 * z * z) / (np.sqrt(2 * np.pi) * std * guess)
     spacing = jnp.minimum(_FILL * _CANDIDATES / 2 / classes_per_log, _MAX_FIRST_SPACING * std)
-    bits_per_log = 2.0 ** jnp.finfo(p.dtype).nmant / np.log(2.0)
-    return guess, jnp.maximum(spacing * bits_per_log, 1.0)
+    return guess, jnp.maximum(spacing * _bits_per_log(guess), 1.0)
+
+
+def _bits_per_log(t: Array) -> Array:
+    """d bits(t) / d log t = t / ulp(t): between 2^nmant and 2^(nmant + 1), by the mantissa."""
+    return t / (_from_bits(_to_bits(t) + 1, t.dtype) - t)
 
 
 def _place_probes(lo: Array, hi: Array, centre: Array, spacing: Array, offsets: Any) -> Array:
@@ -354,8 +433,9 @@ def _search_pass(p: Array, total: Array, mu: Any, probes: Array, bracket: tuple)
 
     bracket = (lo, hi, s_lo, s_hi, done), [R] each, with S(t) = sum_{p >= t} p and, for rows not
     done, S(lo) > mu * total >= S(hi) (as S(t) / total <= mu, the sort path's test). A row is
-    done when its bracket holds one float value or at most 0.9 * _CANDIDATES classes: every
-    class in [lo, hi) has p >= lo, so there are at most (S(lo) - S(hi)) / lo of them.
+    done when its bracket holds one float value or at most _CANDIDATES classes: every class in
+    [lo, hi) has p >= lo, so there are at most (S(lo) - S(hi)) / lo of them (the 0.5 margin
+    absorbs the rounding of the sums).
     """
     lo, hi, s_lo, s_hi, done = bracket
     s = _sum_at_least(p, probes, p[:, None, :])
@@ -366,7 +446,7 @@ def _search_pass(p: Array, total: Array, mu: Any, probes: Array, bracket: tuple)
     new_s_hi = jnp.max(jnp.where(above, s_hi[:, None], s), axis=-1)
     lo, hi = jnp.where(done, lo, new_lo), jnp.where(done, hi, new_hi)
     s_lo, s_hi = jnp.where(done, s_lo, new_s_lo), jnp.where(done, s_hi, new_s_hi)
-    few = s_lo - s_hi <= 0.9 * _CANDIDATES * _from_bits(lo, p.dtype)
+    few = s_lo - s_hi <= (_CANDIDATES - 0.5) * _from_bits(lo, p.dtype)
     return lo, hi, s_lo, s_hi, done | few | (hi - lo <= 1)
 
 
@@ -378,24 +458,27 @@ def _search_continues(carry: tuple) -> Array:
 def _search_step(carry: tuple) -> tuple:
     """A later pass: probes around the guess from interpolating the probit of S / total.
 
-    For log-normal p, Phi^-1(S(t) / total) is linear in log t, and bit patterns are close to
-    log t, so interpolating it between the bracket ends is accurate once the bracket is small.
+    For log-normal p, Phi^-1(S(t) / total) is linear in log t, so interpolating it in log t
+    between the bracket ends is accurate once the bracket is small.
     """
     n_pass, p, total, mu, bracket = carry
     lo, hi, s_lo, s_hi, _ = bracket
     width = (hi - lo).astype(p.dtype)
+    log_lo, log_hi = jnp.log(_from_bits(lo, p.dtype)), jnp.log(_from_bits(hi, p.dtype))
     z_target = ndtri(jnp.clip(mu, 1e-6, 1.0 - 1e-6)).astype(p.dtype)
     z_lo = ndtri(jnp.clip(s_lo / total, 1e-7, 1.0 - 1e-7))
     z_hi = ndtri(jnp.clip(s_hi / total, 1e-7, 1.0 - 1e-7))
     frac = jnp.clip((z_lo - z_target) / jnp.maximum(z_lo - z_hi, 1e-6), 0.0, 1.0)
-    guess = _from_bits(lo + (frac * width).astype(lo.dtype), p.dtype)
-    # classes per bit pattern at the guess: dS/dbits / t under the same model
+    guess = jnp.exp(log_lo + frac * (log_hi - log_lo))
+    # classes per unit of log t at the guess: dS/dlog t / t under the same model
     slope = total * jnp.exp(-0.5 * z_target * z_target) / np.sqrt(2 * np.pi) * (z_lo - z_hi)
-    classes_per_bit = slope / width / guess
-    spacing = jnp.clip(_FILL * _CANDIDATES / 2 / classes_per_bit, 1.0, width / 16)
+    classes_per_log = slope / jnp.maximum(log_hi - log_lo, 1e-30) / guess
+    spacing = _FILL * _CANDIDATES / 2 / classes_per_log * _bits_per_log(guess)
+    spacing = jnp.clip(spacing, 1.0, width / 16)
+    centre = jnp.clip(_to_bits(guess) - lo, 0, hi - lo).astype(p.dtype)
     probes = jnp.concatenate(
         [
-            _place_probes(lo, hi, frac * width, spacing, _LATER_PROBES),
+            _place_probes(lo, hi, centre, spacing, _LATER_PROBES),
             _place_probes(lo, hi, jnp.zeros_like(width), width, _THIRDS),
         ],
         axis=-1,
@@ -408,19 +491,27 @@ def _refine_all(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
     return jax.lax.while_loop(_search_continues, _search_step, (1, p, total, mu, bracket))[-1]
 
 
-def _refine_few(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
-    """Later passes over the rows still open only, gathered into R // _COMPACT_FRACTION rows.
+def _refine_rows(size: int, p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
+    """Later passes over the (at most `size`) rows still open only, gathered.
 
     Padding entries repeat row 0; a row that appears twice gets the same result twice.
     """
-    rows = jnp.nonzero(~bracket[-1], size=max(1, p.shape[0] // _COMPACT_FRACTION), fill_value=0)
+    (rows,) = jnp.nonzero(~bracket[-1], size=size, fill_value=0)
     sub = tuple(x[rows] for x in bracket)
     sub = _refine_all(p[rows], total[rows], mu, sub)
     return tuple(x.at[rows].set(y) for x, y in zip(bracket, sub, strict=True))
 
 
-def _search_threshold(p: Array, total: Array, mu: Any, done: Array) -> tuple:
-    """(lo, hi, s_lo, s_hi) bit patterns and sums [R] of the final brackets (rows [R, C])."""
+def _refine_sixteenth(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
+    return _refine_rows(max(1, p.shape[0] // 16), p, total, mu, bracket)
+
+
+def _refine_quarter(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
+    return _refine_rows(max(1, p.shape[0] // 4), p, total, mu, bracket)
+
+
+def _first_pass(p: Array, total: Array, mu: Any, done: Array) -> tuple:
+    """The bracket (lo, hi, s_lo, s_hi, done) [R] after the first pass (rows p [R, C])."""
     _, floor = _exact_scale(p.dtype)
     # Classes below t hold less than C * t mass, so S(t) > mu * total below this bound; p <= 1.
     lo0 = jnp.maximum(0.9 * (1.0 - jnp.minimum(mu, 1.0)) * total / p.shape[-1], floor)
@@ -428,11 +519,20 @@ def _search_threshold(p: Array, total: Array, mu: Any, done: Array) -> tuple:
     guess, spacing = _first_guess(p, total, mu)
     centre = jnp.maximum(_to_bits(guess) - lo, 0).astype(p.dtype)
     probes = _place_probes(lo, hi, centre, spacing, _FIRST_PROBES)
-    bracket = _search_pass(p, total, mu, probes, (lo, hi, total, jnp.zeros_like(total), done))
+    return _search_pass(p, total, mu, probes, (lo, hi, total, jnp.zeros_like(total), done))
+
+
+def _search_threshold(p: Array, total: Array, mu: Any, done: Array) -> tuple:
+    """(lo, hi, s_lo, s_hi) bit patterns and sums [R] of the final brackets (rows [R, C])."""
+    bracket = _first_pass(p, total, mu, done)
     mu = jnp.asarray(mu, p.dtype)
-    few = jnp.sum(~bracket[-1]) <= p.shape[0] // _COMPACT_FRACTION
+    # Later passes on the open rows only, gathered, when they are few: the first pass usually
+    # settles nearly all rows, so these cost a fraction of a pass over the batch.
+    n_open = jnp.sum(~bracket[-1])
+    branch = (n_open > p.shape[0] // 16).astype(jnp.int32) + (n_open > p.shape[0] // 4)
     # Module-level branches with explicit operands, so eager calls hit the compilation cache.
-    bracket = jax.lax.cond(few, _refine_few, _refine_all, p, total, mu, bracket)
+    refine = (_refine_sixteenth, _refine_quarter, _refine_all)
+    bracket = jax.lax.switch(branch, refine, p, total, mu, bracket)
     return bracket[:4]
 
 
@@ -625,7 +725,7 @@ def head_tail_weights(
     0.5 / 0.5 when the total gap is zero (student equals teacher).
     """
     _check_mu(mu)
-    _, p, _, q = _prepare(
+    p, q = _probs(
         jax.lax.stop_gradient(student_logits),
         jax.lax.stop_gradient(teacher_logits),
         temperature,
@@ -642,17 +742,17 @@ def _hta_kl_and_weight(
     where: Array | None,
     path: str = "auto",
 ) -> tuple[Array, Array]:
-    """Per-example HTA-KL [...] and its head weight [...], sharing one softmax pass.
+    """Per-example HTA-KL [...] and its head weight [...].
 
     `path` is the head-set path of `_head_tail_from_probs` (benchmarks compare them).
     """
     _check_mu(mu)
-    log_p, p, log_q, q = _prepare(student_logits, teacher_logits, temperature, where)
+    p, q = _probs(student_logits, teacher_logits, temperature, where)
     w_head, w_tail = _head_tail_from_probs(
         jax.lax.stop_gradient(p), jax.lax.stop_gradient(q), mu, valid=where, path=path
     )
-    fkl, rkl = _kl(log_p, p, log_q), _kl(log_q, q, log_p)
-    return _apply_where(temperature**2 * (w_head * fkl + w_tail * rkl), where), w_head
+    kd = _weighted_kl(student_logits, teacher_logits, w_head, w_tail, temperature, where)
+    return kd, w_head
 
 
 def hta_kl(

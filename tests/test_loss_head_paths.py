@@ -100,11 +100,38 @@ def test_threshold_path_matches_sort_and_float64_reference(num_classes: int) -> 
             _check_threshold_path(p, q, mu, f"{kind} C={num_classes} mu={mu}")
 
 
+def test_threshold_path_with_ungrouped_candidates() -> None:
+    # A prime class count has no divisor to group the candidates by: plain lax.top_k.
+    assert losses._group_width(1031, losses._CANDIDATES) == 1
+    for kind in ("random", "tied", "equal"):
+        p, q = _probs(kind, (3, 1031), seed=6)
+        _check_threshold_path(p, q, 0.5, f"{kind} C=1031")
+
+
+def test_refining_the_open_rows_gathered_equals_refining_all_rows() -> None:
+    # 31 log-normal rows, which the first pass settles, and one with a tie group of 40 at the top
+    # (far from log-normal), which it does not.
+    p_easy, _ = _probs("random", (32, 1500), seed=7)
+    p_hard, _ = _probs("tied", (1, 1500), seed=7)
+    p = p_easy.at[5].set(p_hard[0])
+    total, mu = jnp.sum(p, axis=-1), jnp.float32(0.9)
+    bracket = losses._first_pass(p, total, mu, jnp.zeros(32, bool))
+    assert 0 < int(jnp.sum(~bracket[-1])) <= 32 // 16
+    gathered = jax.jit(losses._refine_sixteenth)(p, total, mu, bracket)
+    everywhere = jax.jit(losses._refine_all)(p, total, mu, bracket)
+    for a, b in zip(gathered, everywhere, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert bool(jnp.all(gathered[-1]))
+
+
 def test_threshold_path_on_1d_and_sequence_shapes() -> None:
-    p, q = _probs("random", (2, 3, 1500), seed=1)
-    _check_threshold_path(p, q, 0.5, "[B, L, V]")
-    p, q = _probs("flat", (1500,), seed=2)
-    _check_threshold_path(p, q, 0.5, "[V]")
+    weights = jax.jit(lambda p, q: losses._head_tail_from_probs(p, q, 0.5, path="threshold")[0])
+    for shape, kind in (((2, 3, 1500), "random"), ((1500,), "flat")):
+        p, q = _probs(kind, shape, seed=1)
+        w_head = np.asarray(weights(p, q), np.float64)
+        assert w_head.shape == shape[:-1]
+        low, high = _ref_weight_range(p, q, 0.5)
+        assert np.all(w_head >= low - ATOL) and np.all(w_head <= high + ATOL), shape
 
 
 def _exact_probs(groups: list[tuple[int, float]], num_classes: int) -> jax.Array:
@@ -221,8 +248,8 @@ def test_padded_rows_are_zero_and_do_not_change_valid_rows() -> None:
     t[..., 3] += 15.0
     s = rng.normal(size=t.shape).astype(np.float32)
     where = np.array([[True, True, False, False], [True, False, False, False]])
-    out = jax.jit(lambda a, b: losses.hta_kl(a, b, where=where))(s, t)
-    full = jax.jit(losses.hta_kl)(s, t)
+    hta = jax.jit(lambda a, b, w: losses.hta_kl(a, b, where=w))
+    out, full = hta(s, t, where), hta(s, t, np.ones_like(where))
     np.testing.assert_allclose(np.asarray(out)[where], np.asarray(full)[where], rtol=1e-6)
     assert np.all(np.asarray(out)[~where] == 0.0)
 

@@ -434,6 +434,36 @@ def test_gradients_match_finite_differences_float64(kind):
     )
 
 
+@pytest.mark.parametrize("kind", ("random", "peaked", "masked"))
+def test_teacher_and_temperature_gradients_match_finite_differences_float64(kind):
+    # The KL losses have a hand-written VJP: check the cotangents of the teacher logits and of
+    # the temperature too (distilling into a trainable teacher, a learned temperature). The
+    # references include the tau^2 factor.
+    tau = 2.0
+    s32, t32 = make_inputs(kind, (2, 6), seed=3)
+    s, t = s32.astype(np.float64), t32.astype(np.float64)
+    refs = {
+        "fkl": ref_fkl,
+        "rkl": ref_rkl,
+        "fixed": lambda a, b, c: 0.3 * ref_fkl(a, b, c) + 0.7 * ref_rkl(a, b, c),
+    }
+    ours = {
+        "fkl": lambda a, b, c: losses.forward_kl(a, b, temperature=c),
+        "rkl": lambda a, b, c: losses.reverse_kl(a, b, temperature=c),
+        "fixed": lambda a, b, c: losses.fixed_ratio_kl(a, b, head_ratio=0.3, temperature=c),
+    }
+    for name, ref in refs.items():
+        fd_t = _central_diff(lambda x, ref=ref: ref(s, x, tau), t)
+        fd_tau = _central_diff(lambda x, ref=ref: ref(s, t, x[0]), np.array([tau]))[0]
+        with jax.enable_x64(True):
+            loss = lambda a, b, c, name=name: ours[name](a, b, c).sum()  # noqa: E731
+            g_t, g_tau = jax.grad(loss, argnums=(1, 2))(jnp.asarray(s), jnp.asarray(t), tau)
+        g_t = np.asarray(g_t)
+        np.testing.assert_array_equal(g_t[~np.isfinite(t)], 0.0, err_msg=name)
+        np.testing.assert_allclose(g_t, fd_t, rtol=1e-6, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(float(g_tau), fd_tau, rtol=1e-6, err_msg=name)
+
+
 def test_no_gradient_through_head_tail_weights():
     s, t = make_inputs("random", (4, 6), seed=2)
     for which in (0, 1):
