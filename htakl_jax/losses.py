@@ -14,6 +14,8 @@ Conventions shared by every function here:
   vocab] sequence logits. Invalid positions return 0 and receive zero gradient; their logits may
   hold anything, NaN included.
 - Shapes are checked at trace time; mismatches raise ValueError naming both shapes.
+- Reverse-mode gradients (jax.grad, jax.vjp) flow to both logits and the temperature through a
+  hand-written VJP (see `_kl_pair`); forward-mode (jax.jvp, jax.jacfwd) is not supported.
 
 HTA-KL (head-tail-aware KL): teacher classes sorted by probability form a "head" (the prefix whose
 cumulative teacher mass stays <= mu, and always the top-1 class) and a "tail" (the rest). The summed
