@@ -28,6 +28,7 @@ head comes from a sort; above, from a sort-free threshold search with the same r
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -107,12 +108,6 @@ def _apply_where(values: Array, where: Array | None) -> Array:
     return jnp.where(jnp.asarray(where, bool), values, 0.0)
 
 
-def _log_probs(logits: Array, temperature: Any) -> tuple[Array, Array]:
-    """Returns (log_softmax, softmax) of logits / temperature, [..., C] each."""
-    log_p = jax.nn.log_softmax(logits / temperature, axis=-1)
-    return log_p, jnp.exp(log_p)
-
-
 def _checked_logits(
     student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
 ) -> tuple[Array, Array]:
@@ -127,8 +122,9 @@ def _probs(
     student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
 ) -> tuple[Array, Array]:
     """Teacher and student probabilities (p, q) at `temperature`, [..., C] each."""
-    s, t = _checked_logits(student_logits, teacher_logits, temperature, where)
-    return _log_probs(t, temperature)[1], _log_probs(s, temperature)[1]
+    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
+    q, p, _ = _kl_terms(s, t, tau, *lse)
+    return p, q
 
 
 # ----- the KL pair with a hand-written backward
@@ -144,44 +140,68 @@ def _probs(
 # not pass through it (a custom_vjp limitation).
 
 
-def _kl_terms(s: Array, t: Array, temperature: Array) -> tuple:
-    """Per-class log q, q, log p, p and d = log p - log q (0 where both vanish), [..., C] each."""
-    log_q, q = _log_probs(s, temperature)
-    log_p, p = _log_probs(t, temperature)
+def _log_normalizers(s: Array, t: Array, temperature: Array) -> tuple[Array, Array]:
+    """logsumexp of s / tau and t / tau over classes, [..., 1] each."""
+    lse = functools.partial(jax.nn.logsumexp, axis=-1, keepdims=True)
+    return lse(s / temperature), lse(t / temperature)
+
+
+def _kl_terms(s: Array, t: Array, temperature: Array, lse_s: Array, lse_t: Array) -> tuple:
+    """Per-class q, p and d = log p - log q (0 where both vanish), [..., C] each."""
+    log_q, log_p = s / temperature - lse_s, t / temperature - lse_t
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
     # The inner `where`s keep -inf - -inf = NaN out of d on classes masked in both.
     d = jnp.where(p > 0, log_p, 0.0) - jnp.where(q > 0, log_q, 0.0)
     return q, p, d
 
 
-def _kl_pair_values(s: Array, t: Array, temperature: Array) -> tuple[Array, Array]:
-    """(KL(p || q), KL(q || p)) per row, [...] each."""
-    q, p, d = _kl_terms(s, t, temperature)
-    fkl = jnp.sum(jnp.where(p > 0, p * d, 0.0), axis=-1)
-    rkl = jnp.sum(jnp.where(q > 0, -q * d, 0.0), axis=-1)
-    return fkl, rkl
+def _kl_pair_fwd(terms, s, t, w_fkl, w_rkl, temperature, lse_s, lse_t):
+    q, p, d = _kl_terms(s, t, temperature, lse_s, lse_t)
+    zero = jnp.zeros(s.shape[:-1], s.dtype)
+    fkl = jnp.sum(jnp.where(p > 0, p * d, 0.0), axis=-1) if terms[0] else zero
+    rkl = jnp.sum(jnp.where(q > 0, -q * d, 0.0), axis=-1) if terms[1] else zero
+    out = w_fkl * fkl + w_rkl * rkl
+    return out, (s, t, w_fkl, w_rkl, temperature, lse_s, lse_t, fkl, rkl)
 
 
-@jax.custom_vjp
-def _kl_pair(s: Array, t: Array, w_fkl: Array, w_rkl: Array, temperature: Array) -> Array:
-    """w_fkl * KL(p || q) + w_rkl * KL(q || p) per row: logits [..., C], weights [...] -> [...]."""
-    fkl, rkl = _kl_pair_values(s, t, temperature)
-    return w_fkl * fkl + w_rkl * rkl
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _kl_pair(
+    terms: tuple[bool, bool],
+    s: Array,
+    t: Array,
+    w_fkl: Array,
+    w_rkl: Array,
+    temperature: Array,
+    lse_s: Array,
+    lse_t: Array,
+) -> Array:
+    """w_fkl * KL(p || q) + w_rkl * KL(q || p) per row: logits [..., C], weights [...] -> [...].
+
+    `terms` (static) says which of (FKL, RKL) to compute; a term left out counts as 0.
+    lse_s, lse_t [..., 1] are `_log_normalizers(s, t, temperature)`, passed in so a caller that
+    also needs p and q computes them once; they get a zero cotangent, the VJP of s and t
+    already covers them.
+    """
+    return _kl_pair_fwd(terms, s, t, w_fkl, w_rkl, temperature, lse_s, lse_t)[0]
 
 
-def _kl_pair_fwd(s, t, w_fkl, w_rkl, temperature):
-    fkl, rkl = _kl_pair_values(s, t, temperature)
-    return w_fkl * fkl + w_rkl * rkl, (s, t, w_fkl, w_rkl, temperature, fkl, rkl)
-
-
-def _kl_pair_bwd(residuals, g):
-    s, t, w_fkl, w_rkl, temperature, fkl, rkl = residuals
-    q, p, d = _kl_terms(s, t, temperature)
-    g_f, g_r = (g * w_fkl)[..., None], (g * w_rkl)[..., None]
-    dz_s = g_f * (q - p) + g_r * jnp.where(q > 0, q * (-d - rkl[..., None]), 0.0)
-    dz_t = g_f * jnp.where(p > 0, p * (d - fkl[..., None]), 0.0) + g_r * (p - q)
+def _kl_pair_bwd(terms, residuals, g):
+    s, t, w_fkl, w_rkl, temperature, lse_s, lse_t, fkl, rkl = residuals
+    q, p, d = _kl_terms(s, t, temperature, lse_s, lse_t)
+    dz_s, dz_t = 0.0, 0.0
+    if terms[0]:
+        g_f = (g * w_fkl)[..., None]
+        dz_s = dz_s + g_f * (q - p)
+        dz_t = dz_t + g_f * jnp.where(p > 0, p * (d - fkl[..., None]), 0.0)
+    if terms[1]:
+        g_r = (g * w_rkl)[..., None]
+        dz_s = dz_s + g_r * jnp.where(q > 0, q * (-d - rkl[..., None]), 0.0)
+        dz_t = dz_t + g_r * (p - q)
     ds, dt = dz_s / temperature, dz_t / temperature
     d_temperature = -(_finite_dot(ds, s) + _finite_dot(dt, t)) / temperature
-    return ds, dt, g * fkl, g * rkl, d_temperature.astype(temperature.dtype)
+    d_temperature = d_temperature.astype(temperature.dtype)
+    zero_lse = (jnp.zeros_like(lse_s), jnp.zeros_like(lse_t))
+    return (ds, dt, g * fkl, g * rkl, d_temperature, *zero_lse)
 
 
 _kl_pair.defvjp(_kl_pair_fwd, _kl_pair_bwd)
@@ -201,11 +221,28 @@ def _weighted_kl(
     where: Array | None,
 ) -> Array:
     """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 on rows outside `where`; [...]."""
+    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
+    return _apply_where(_kl_pair_scaled(s, t, w_fkl, w_rkl, tau, lse), where)
+
+
+def _normalized(
+    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
+) -> tuple[Array, Array, Array, tuple[Array, Array]]:
+    """Checked logits s, t [..., C], tau as an array, and their gradient-free log-normalisers."""
     s, t = _checked_logits(student_logits, teacher_logits, temperature, where)
-    rows = s.shape[:-1]
     tau = jnp.asarray(temperature, s.dtype)
+    lse = jax.lax.stop_gradient(_log_normalizers(s, t, tau))
+    return s, t, tau, lse
+
+
+def _kl_pair_scaled(
+    s: Array, t: Array, w_fkl: Any, w_rkl: Any, tau: Array, lse: tuple[Array, Array]
+) -> Array:
+    """tau^2 * `_kl_pair`; a weight that is the Python number 0 drops its term."""
+    terms = tuple(not (_is_concrete_number(w) and w == 0) for w in (w_fkl, w_rkl))
+    rows = s.shape[:-1]
     w_fkl, w_rkl = (jnp.broadcast_to(jnp.asarray(w, s.dtype), rows) for w in (w_fkl, w_rkl))
-    return _apply_where(tau**2 * _kl_pair(s, t, w_fkl, w_rkl, tau), where)
+    return tau**2 * _kl_pair(terms, s, t, w_fkl, w_rkl, tau, *lse)
 
 
 # --------------------------------------------------------------------------- public losses
@@ -749,12 +786,11 @@ def _hta_kl_and_weight(
     `path` is the head-set path of `_head_tail_from_probs` (benchmarks compare them).
     """
     _check_mu(mu)
-    p, q = _probs(student_logits, teacher_logits, temperature, where)
-    w_head, w_tail = _head_tail_from_probs(
-        jax.lax.stop_gradient(p), jax.lax.stop_gradient(q), mu, valid=where, path=path
-    )
-    kd = _weighted_kl(student_logits, teacher_logits, w_head, w_tail, temperature, where)
-    return kd, w_head
+    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
+    # p and q from the same log-normalisers as the KL pair, so XLA computes them once.
+    q, p, _ = _kl_terms(*jax.lax.stop_gradient((s, t)), tau, *lse)
+    w_head, w_tail = _head_tail_from_probs(p, q, mu, valid=where, path=path)
+    return _apply_where(_kl_pair_scaled(s, t, w_head, w_tail, tau, lse), where), w_head
 
 
 def hta_kl(
