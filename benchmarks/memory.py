@@ -47,7 +47,7 @@ from _common import print_table, time_interleaved, try_import_torch, write_json 
 from step import _jax_runner, _jax_step, _sj_runner  # noqa: E402
 
 from htakl_jax.models import base  # noqa: E402
-from htakl_jax.parallel import XLA_CPU_MEMORY_SCHEDULER  # noqa: E402
+from htakl_jax.parallel import cpu_compiler_options  # noqa: E402
 
 MIB = 2**20
 # (column label, get_model remat mode, block policy override)
@@ -120,10 +120,11 @@ def _row(name: str, t: int, args, options: dict, peer: bool) -> dict:
     if t in args.time_at:
         timed = {"none": runs["none"], "block": runs["block"]}
         if options:
+            default = cpu_compiler_options()
             # The default XLA:CPU schedule, for reference; train.py compiles remat-free steps
             # with it, so "none default sched" -> "block" is what turning remat on changes.
             for label in ("none", "block"):
-                mem, run = _ours(name, t, args.width_mult, args.batch, label, None, {})
+                mem, run = _ours(name, t, args.width_mult, args.batch, label, None, default)
                 row[f"temp MiB {label} default sched"] = mem.temp_size_in_bytes / MIB
                 if label == "none":
                     timed["none default sched"] = run
@@ -153,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     peer = not args.no_peer and try_import_torch() is not None
     cpu = jax.default_backend() == "cpu"
-    options = XLA_CPU_MEMORY_SCHEDULER if cpu else {}
+    options = cpu_compiler_options(memory_schedule=True) if cpu else {}
     print(
         f"device={jax.devices()[0].device_kind} batch={args.batch} width={args.width_mult} "
         f"peak = XLA temp size{', memory-optimised CPU scheduler' if cpu else ''}"

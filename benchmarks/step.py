@@ -32,6 +32,7 @@ from _common import print_table, time_interleaved, try_import_torch, write_json 
 from htakl_jax import losses, surrogate  # noqa: E402
 from htakl_jax.layers import scale_width  # noqa: E402
 from htakl_jax.models import get_model  # noqa: E402
+from htakl_jax.parallel import cpu_compiler_options  # noqa: E402
 
 IMAGE = 32
 CLASSES = 10
@@ -86,7 +87,8 @@ def _jax_step(
         logits = logits.astype(jnp.float32)
         return jnp.mean(losses.cross_entropy(logits, y)), new["batch_stats"]
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    # The XLA options train.py uses (Eigen convolutions on CPU); memory.py may override them.
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=cpu_compiler_options())
     def step(state):
         params, batch_stats, opt_state = state
         grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params, batch_stats)

@@ -14,6 +14,7 @@ process loads only its part of the global batch, and `global_batch` assembles th
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -137,6 +138,33 @@ def global_batch(local_tree: Any, mesh: Mesh) -> Any:
 # starts every zero-filled lax.scan output buffer (one per LIF and per LIF backward) at the top of
 # the program, so they are all live at once and rematerialisation saves little memory.
 XLA_CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+# XLA:CPU hands convolutions to YNNPACK by default; for this project's 3x3 convolutions its
+# forward+backward ran 1.5-2.4x slower than XLA's own (Eigen) kernels, and ResNet-19 student steps
+# 1.6x slower (benchmarks/step.py). This keeps YNNPACK for elementwise and reduction fusions only.
+XLA_CPU_EIGEN_CONVOLUTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"
+}
+
+
+@functools.cache
+def _cpu_option_supported(name: str, value: str) -> bool:
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(np.float32(0)).compile()
+    except Exception:  # an XLA without this (experimental) option rejects it by name
+        return False
+    return True
+
+
+def cpu_compiler_options(*, memory_schedule: bool = False) -> dict[str, str] | None:
+    """XLA options for the training and evaluation steps: None off CPU; on CPU the Eigen
+    convolutions and, with `memory_schedule` (remat), the memory-optimised schedule. Options this
+    XLA does not know are left out."""
+    if jax.default_backend() != "cpu":
+        return None
+    options = dict(XLA_CPU_EIGEN_CONVOLUTIONS)
+    if memory_schedule:
+        options |= XLA_CPU_MEMORY_SCHEDULER
+    return {k: v for k, v in options.items() if _cpu_option_supported(k, v)}
 
 
 def data_parallel(

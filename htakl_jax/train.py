@@ -322,15 +322,12 @@ def loss_kwargs_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def step_compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:
-    """XLA options of the training steps: the memory-optimised schedule when remat is on (CPU).
-
-    With XLA:CPU's default schedule block remat cuts a ResNet-20 T=6 step's peak by about 6%;
-    with the memory-optimised one by about 60% (benchmarks/memory.py). Other backends: None.
-    """
+    """XLA options of the training steps (`parallel.cpu_compiler_options`): on CPU, Eigen
+    convolutions, plus the memory-optimised schedule when remat is on. With XLA:CPU's default
+    schedule block remat cuts a ResNet-20 T=6 step's peak by about 6%; with the memory-optimised
+    one by about 60% (benchmarks/memory.py). Other backends: None."""
     remat = config.model.remat != "none" or config.model.neuron.remat
-    if remat and jax.default_backend() == "cpu":
-        return dict(parallel.XLA_CPU_MEMORY_SCHEDULER)
-    return None
+    return parallel.cpu_compiler_options(memory_schedule=bool(remat))
 
 
 def compile_teacher_step(
@@ -380,7 +377,14 @@ def compile_eval_step(
     """Jitted data-parallel `(variables, images, labels, mask) -> correct count`."""
     normalize = functools.partial(data_lib.normalize, mean=tuple(info.mean), std=tuple(info.std))
     fn = functools.partial(eval_step, model=model, normalize=normalize, timesteps=timesteps)
-    return parallel.data_parallel(fn, mesh, num_replicated=1, num_sharded=3, donate_first=False)
+    return parallel.data_parallel(
+        fn,
+        mesh,
+        num_replicated=1,
+        num_sharded=3,
+        donate_first=False,
+        compiler_options=parallel.cpu_compiler_options(),
+    )
 
 
 class _Stats(NamedTuple):
