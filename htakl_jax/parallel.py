@@ -14,7 +14,6 @@ process loads only its part of the global batch, and `global_batch` assembles th
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -146,25 +145,16 @@ XLA_CPU_EIGEN_CONVOLUTIONS = {
 }
 
 
-@functools.cache
-def _cpu_option_supported(name: str, value: str) -> bool:
-    try:
-        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(np.float32(0)).compile()
-    except Exception:  # an XLA without this (experimental) option rejects it by name
-        return False
-    return True
-
-
 def cpu_compiler_options(*, memory_schedule: bool = False) -> dict[str, str] | None:
     """XLA options for the training and evaluation steps: None off CPU; on CPU the Eigen
-    convolutions and, with `memory_schedule` (remat), the memory-optimised schedule. Options this
-    XLA does not know are left out."""
+    convolutions (JAX >= 0.10, whose XLA has the option) and, with `memory_schedule` (remat), the
+    memory-optimised schedule."""
     if jax.default_backend() != "cpu":
         return None
-    options = dict(XLA_CPU_EIGEN_CONVOLUTIONS)
+    options = dict(XLA_CPU_EIGEN_CONVOLUTIONS) if jax.__version_info__ >= (0, 10) else {}
     if memory_schedule:
         options |= XLA_CPU_MEMORY_SCHEDULER
-    return {k: v for k, v in options.items() if _cpu_option_supported(k, v)}
+    return options
 
 
 def data_parallel(
