@@ -364,16 +364,21 @@ def test_config_remat_key_drives_the_model():
     ]()
     assert config.model.remat == "none"
     assert not build_model(config, num_classes=C, spiking=True).remat_blocks
-    assert step_compiler_options(config) == parallel.cpu_compiler_options()
+    for spiking in (False, True):
+        assert step_compiler_options(config, spiking=spiking) == parallel.cpu_compiler_options()
     config.model.neuron.remat = True  # the older neuron flag still works
     assert dict(build_model(config, num_classes=C, spiking=True).neuron_kwargs)["remat"] is True
+    memory = parallel.cpu_compiler_options(memory_schedule=True)
+    assert step_compiler_options(config, spiking=True) == memory  # the student rematerialises
+    assert step_compiler_options(config, spiking=False) == parallel.cpu_compiler_options()
     config.model.remat = "block"
     assert build_model(config, num_classes=C, spiking=True).remat_blocks
     assert build_model(config, num_classes=C, spiking=False).remat_blocks
     # With remat on, the CPU steps use the memory-optimised schedule (test_parallel checks it).
-    options = step_compiler_options(config)
-    assert options == parallel.cpu_compiler_options(memory_schedule=True)
-    assert options.items() >= parallel.XLA_CPU_MEMORY_SCHEDULER.items()
+    for spiking in (False, True):
+        options = step_compiler_options(config, spiking=spiking)
+        assert options == parallel.cpu_compiler_options(memory_schedule=True)
+        assert options.items() >= parallel.XLA_CPU_MEMORY_SCHEDULER.items()
 
 
 # resnet20 covers the BasicBlock (shared with resnet19) and the stand-alone stem conv units,
