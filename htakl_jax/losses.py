@@ -108,16 +108,6 @@ def _apply_where(values: Array, where: Array | None) -> Array:
     return jnp.where(jnp.asarray(where, bool), values, 0.0)
 
 
-def _checked_logits(
-    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
-) -> tuple[Array, Array]:
-    """Validated (student, teacher) logits [..., C] in float32 or wider, padded rows zeroed."""
-    _check_pair(student_logits, teacher_logits)
-    _check_where(where, jnp.shape(teacher_logits)[:-1])
-    _check_temperature(temperature)
-    return _mask_logits(student_logits, where), _mask_logits(teacher_logits, where)
-
-
 def _probs(
     student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
 ) -> tuple[Array, Array]:
@@ -228,8 +218,12 @@ def _weighted_kl(
 def _normalized(
     student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
 ) -> tuple[Array, Array, Array, tuple[Array, Array]]:
-    """Checked logits s, t [..., C], tau as an array, and their gradient-free log-normalisers."""
-    s, t = _checked_logits(student_logits, teacher_logits, temperature, where)
+    """Validated logits s, t [..., C] (float32 or wider, padded rows zeroed), tau as an array,
+    and their gradient-free log-normalisers."""
+    _check_pair(student_logits, teacher_logits)
+    _check_where(where, jnp.shape(teacher_logits)[:-1])
+    _check_temperature(temperature)
+    s, t = _mask_logits(student_logits, where), _mask_logits(teacher_logits, where)
     tau = jnp.asarray(temperature, s.dtype)
     lse = jax.lax.stop_gradient(_log_normalizers(s, t, tau))
     return s, t, tau, lse
