@@ -34,6 +34,20 @@ def try_import_torch() -> tuple[Any, Any] | None:
     return torch, activation_based
 
 
+def torch_device(torch: Any) -> str:
+    """Where the torch peer runs: ``"cuda"`` when JAX runs on a GPU and torch sees one (so both
+    sides use the same kind of device), else ``"cpu"``."""
+    import jax
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_sync(torch: Any, device: str) -> None:
+    """Block until torch's queued work on ``device`` is done (CUDA runs asynchronously)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], *, repeats: int) -> dict[str, float]:
     """Median wall time (seconds) of each zero-argument ``fn``; each is called once first (compile,
     warm-up) and then ``repeats`` times round-robin with the others. Each fn must block until its

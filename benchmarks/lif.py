@@ -2,10 +2,11 @@
 
 For ``x [T, B, C, H, W]`` (default 4 x 64 x 64 x 32 x 32, float32) it times, round-robin in one
 process: our fused ``custom_vjp`` LIF (and with ``remat=True``), autodiff through the scan, a jitted
-array copy (the memory-bandwidth ceiling), and SpikingJelly's ``LIFNode(step_mode='m')`` on torch
-CPU (skipped with a message when absent). It reports medians, ratios to SpikingJelly, the XLA temp
-memory of each compiled gradient, and the effective bandwidth of the fused LIF: a fused fwd+bwd has
-to move at least 5 arrays (read x, write h; read h and the cotangent, write dx), a copy moves 2.
+array copy (the memory-bandwidth ceiling), and SpikingJelly's ``LIFNode(step_mode='m')`` on torch,
+on the GPU when JAX runs on one (skipped with a message when absent). It reports medians, ratios
+to SpikingJelly, the XLA temp memory of each compiled gradient, and the effective bandwidth of the
+fused LIF: a fused fwd+bwd has to move at least 5 arrays (read x, write h; read h and the
+cotangent, write dx), a copy moves 2.
 
   python benchmarks/lif.py --out lif.json
 """
@@ -20,7 +21,14 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table, time_interleaved, try_import_torch, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    print_table,
+    time_interleaved,
+    torch_device,
+    torch_sync,
+    try_import_torch,
+    write_json,
+)
 
 from htakl_jax import neurons, surrogate  # noqa: E402
 from htakl_jax.neurons import _lif_autodiff, _make_config  # noqa: E402
@@ -56,14 +64,16 @@ def _spikingjelly_step(shape: tuple[int, ...], seed: int = 0):
     node = sj.neuron.LIFNode(
         tau=2.0, surrogate_function=sj.surrogate.Sigmoid(alpha=4.0), step_mode="m"
     )
+    device = torch_device(torch)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen) + 1.0
-    w = torch.randn(shape, generator=gen)
+    x = (torch.randn(shape, generator=gen) + 1.0).to(device)
+    w = torch.randn(shape, generator=gen).to(device)
 
     def step():
         node.reset()
         xg = x.detach().requires_grad_(True)
         (node(xg) * w).sum().backward()
+        torch_sync(torch, device)
         return xg.grad
 
     return step
@@ -98,7 +108,8 @@ def main() -> None:
         fns["spikingjelly LIFNode"] = sj
         import torch
 
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        where = torch_device(torch)
+        print(f"torch {torch.__version__} on {where}, {torch.get_num_threads()} threads")
     times = time_interleaved(fns, repeats=args.repeats)
 
     copy_gbs = 2 * x.nbytes / times["array copy"] / 1e9

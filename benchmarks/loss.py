@@ -10,7 +10,8 @@ process, the gradient w.r.t. the student logits of:
   candidates, and the whole batch falls back to the sort when a row's head is longer than them)
   and ``sort`` (full stable sort, the default up to 1024 classes);
 - forward KL (plain KD) and softmax cross-entropy (ours, ``losses.cross_entropy``);
-- a PyTorch port of the same HTA-KL formula (softmax, stable sort, gather, cumsum) and torch CE.
+- a PyTorch port of the same HTA-KL formula (softmax, stable sort, gather, cumsum) and torch CE,
+  on the GPU when JAX runs on one.
 
 Teachers: ``random`` (standard-normal logits; over 32000 classes the head is thousands of classes
 long) and ``peaked`` (LLM-like: p ~ rank^-1.5 over a random class order, a head of a few classes).
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table, time_interleaved, write_json  # noqa: E402
+from _common import print_table, time_interleaved, torch_device, torch_sync, write_json  # noqa: E402
 
 from htakl_jax import losses  # noqa: E402
 
@@ -62,8 +63,9 @@ def _topk_settled(s: np.ndarray, t: np.ndarray, temperature: float) -> float:
 
 
 def _torch_fns(torch, s_np, t_np, labels_np, temperature: float) -> dict[str, Callable]:
-    s0, t = torch.from_numpy(s_np), torch.from_numpy(t_np)
-    labels = torch.from_numpy(labels_np.astype(np.int64))
+    device = torch_device(torch)
+    s0, t = torch.from_numpy(s_np).to(device), torch.from_numpy(t_np).to(device)
+    labels = torch.from_numpy(labels_np.astype(np.int64)).to(device)
     f = torch.nn.functional
 
     def hta(s):
@@ -76,7 +78,7 @@ def _torch_fns(torch, s_np, t_np, labels_np, temperature: float) -> dict[str, Ca
             cum = torch.cumsum(p_sorted, -1)
             cum = cum / cum[..., -1:]
             n_head = torch.clamp((cum <= MU).sum(-1), min=1)
-            in_head = torch.arange(p.shape[-1]) < n_head[..., None]
+            in_head = torch.arange(p.shape[-1], device=device) < n_head[..., None]
             g_head = torch.where(in_head, gap_sorted, 0.0).sum(-1)
             g_total = (p - q).abs().sum(-1)
             w_head = torch.where(
@@ -92,6 +94,7 @@ def _torch_fns(torch, s_np, t_np, labels_np, temperature: float) -> dict[str, Ca
         def run():
             s = s0.detach().requires_grad_(True)
             loss_fn(s).backward()
+            torch_sync(torch, device)
             return s.grad
 
         return run

@@ -5,7 +5,8 @@ A step is forward, mean-over-T softmax cross-entropy, backward and an SGD-moment
 ``--width-mult``. Per model, one round-robin timing in one process covers: the ANN (teacher) step,
 our SNN step at each T in ``--timesteps``, and the same network built from SpikingJelly layers
 (``layer.Conv2d``/``BatchNorm2d``/``AvgPool2d``/``Linear`` with ``step_mode='m'`` + ``LIFNode``,
-sigmoid surrogate alpha 4, tau 2, hard reset) on torch CPU at the same batch, T and width. The
+sigmoid surrogate alpha 4, tau 2, hard reset) on torch at the same batch, T and width (on the GPU
+when JAX runs on one: SpikingJelly then picks its own CUDA LIF kernels). The
 SpikingJelly network repeats the image T times before its first conv (its usual direct encoding);
 ours computes the first conv + BN once (identical result). Ratios:
 
@@ -27,7 +28,14 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table, time_interleaved, try_import_torch, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    print_table,
+    time_interleaved,
+    torch_device,
+    torch_sync,
+    try_import_torch,
+    write_json,
+)
 
 from htakl_jax import losses, surrogate  # noqa: E402
 from htakl_jax.layers import scale_width  # noqa: E402
@@ -164,9 +172,9 @@ def _sj_network(torch, sj, name: str, *, timesteps: int, width: float):
 def _sj_runner(
     peer, name: str, *, timesteps: int, width: float, batch: int, dtype: str = "float32"
 ):
-    """SpikingJelly step on torch's GPU when it has one (CPU otherwise); bfloat16 by autocast."""
+    """SpikingJelly step on the GPU when JAX runs on one (CPU otherwise); bfloat16 by autocast."""
     torch, sj = peer
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device(torch)
     net = _sj_network(torch, sj, name, timesteps=timesteps, width=width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
@@ -183,8 +191,7 @@ def _sj_runner(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        torch_sync(torch, device)
 
     return run
 
