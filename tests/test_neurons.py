@@ -11,7 +11,8 @@ import pytest
 from htakl_jax import neurons, surrogate
 from htakl_jax.neurons import _lif_autodiff, _make_config
 
-SHAPE = (4, 3, 5)  # [T, B, N]
+SHAPE = (4, 3, 5)  # [T, B, N]; T <= neurons._MAX_UNROLLED_T: the fully unrolled scans
+LOOP_SHAPE = (neurons._MAX_UNROLLED_T + 3, 3, 5)  # long enough to run as lax.scan loops
 SURROGATES = {
     "sigmoid": surrogate.sigmoid(4.0),
     "atan": surrogate.atan(2.0),
@@ -89,14 +90,14 @@ NP_SURROGATE_GRADS = {
 }
 
 
-def make_inputs(seed, *, tau, v_reset, decay_input):
+def make_inputs(seed, *, tau, v_reset, decay_input, shape=SHAPE):
     """float32 x [T, B, N] whose float64 pre-spike membranes stay _MARGIN away from _SENSITIVE."""
     rng = np.random.default_rng(seed)
     scale = 1.0 if (decay_input and tau is not None) else 0.6
-    x = rng.normal(0.9 * scale * (2 if decay_input and tau else 1), scale, SHAPE)
+    x = rng.normal(0.9 * scale * (2 if decay_input and tau else 1), scale, shape)
     x = x.astype(np.float32)
     dh_dx = 1.0 / tau if (tau is not None and decay_input) else 1.0
-    for t in range(SHAPE[0]):
+    for t in range(shape[0]):
         for _ in range(20):
             _, _, h = ref_forward(x[: t + 1], tau=tau, v_reset=v_reset, decay_input=decay_input)
             close = np.min(np.abs(h[t][..., None] - V_TH - _SENSITIVE), axis=-1) < _MARGIN
@@ -149,12 +150,12 @@ def _fused_and_autodiff(tau, v_reset, decay_input, detach_reset, spike, remat):
 
 
 @functools.cache
-def _outputs(tau, v_reset, decay_input, detach_reset, seed, remat=False):
+def _outputs(tau, v_reset, decay_input, detach_reset, seed, remat=False, shape=SHAPE):
     """Inputs, cotangents and per-surrogate outputs; one compile for all surrogates (2 cores)."""
-    x = make_inputs(seed, tau=tau, v_reset=v_reset, decay_input=decay_input)
+    x = make_inputs(seed, tau=tau, v_reset=v_reset, decay_input=decay_input, shape=shape)
     rng = np.random.default_rng(seed + 100)
-    gs = rng.normal(size=SHAPE).astype(np.float32)
-    gv = rng.normal(size=SHAPE).astype(np.float32)
+    gs = rng.normal(size=shape).astype(np.float32)
+    gv = rng.normal(size=shape).astype(np.float32)
     runs = {
         name: _fused_and_autodiff(tau, v_reset, decay_input, detach_reset, spike, remat)
         for name, spike in SURROGATES.items()
@@ -163,8 +164,10 @@ def _outputs(tau, v_reset, decay_input, detach_reset, seed, remat=False):
     return x, gs, gv, jax.tree.map(np.asarray, out)
 
 
-def _check_against_reference(tau, v_reset, decay_input, detach_reset, surrogate_name, seed=0):
-    x, gs, gv, all_out = _outputs(tau, v_reset, decay_input, detach_reset, seed)
+def _check_against_reference(
+    tau, v_reset, decay_input, detach_reset, surrogate_name, seed=0, shape=SHAPE
+):
+    x, gs, gv, all_out = _outputs(tau, v_reset, decay_input, detach_reset, seed, shape=shape)
     out = all_out[surrogate_name]
     s_ref, v_ref, h_ref = ref_forward(x, tau=tau, v_reset=v_reset, decay_input=decay_input)
     # The inputs must exercise both branches for the comparison to mean anything.
@@ -206,6 +209,24 @@ def test_lif_matches_float64_reference(decay_input, reset, detach_reset, surroga
 @pytest.mark.parametrize("reset", list(RESETS))
 def test_if_matches_float64_reference(reset, detach_reset, surrogate_name):
     _check_against_reference(None, RESETS[reset], True, detach_reset, surrogate_name, seed=1)
+
+
+@pytest.mark.parametrize("surrogate_name", ["sigmoid", "rectangle"])
+@pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
+@pytest.mark.parametrize("reset", list(RESETS))
+def test_scan_loop_path_matches_float64_reference(reset, detach_reset, surrogate_name):
+    """Sequences longer than _MAX_UNROLLED_T run as scan loops, not the unrolled fused pass."""
+    v_reset = RESETS[reset]
+    _check_against_reference(2.0, v_reset, True, detach_reset, surrogate_name, 3, LOOP_SHAPE)
+
+
+def test_unrolled_and_loop_paths_are_both_taken():
+    def lowered(shape):
+        grad = jax.jit(jax.grad(lambda x: jnp.sum(neurons.lif(x))))
+        return grad.lower(jnp.ones(shape)).as_text()
+
+    assert "while" not in lowered(SHAPE)
+    assert "while" in lowered(LOOP_SHAPE)
 
 
 def test_lif_other_tau_matches_reference():

@@ -203,8 +203,9 @@ def test_maybe_initialize_distributed_off_without_environment(monkeypatch):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU scheduler option")
 def test_memory_scheduler_option_reaches_xla_and_lowers_peak_memory():
-    # Six LIF layers at T=6 (scan loops): the default XLA:CPU schedule keeps every scan's output
-    # buffer live from the start; the memory-optimised one must need less temporary memory.
+    # Six LIF layers on sequences long enough to run as scan loops: the default XLA:CPU schedule
+    # keeps every scan's output buffer live from the start; the memory-optimised one must need
+    # less temporary memory.
     def loss(w, x):
         for _ in range(6):
             x = neurons.lif(x) @ w
@@ -214,7 +215,7 @@ def test_memory_scheduler_option_reaches_xla_and_lowers_peak_memory():
         return jax.lax.pmean(jax.grad(loss)(w, x), "data")
 
     mesh = parallel.make_mesh(jax.devices()[:1])
-    w, x = jnp.full((32, 32), 0.1), jnp.ones((6, 64, 32))
+    w, x = jnp.full((32, 32), 0.1), jnp.ones((neurons._MAX_UNROLLED_T + 2, 64, 32))
     temp = {}
     for name, options in (("default", None), ("memory", parallel.XLA_CPU_MEMORY_SCHEDULER)):
         fn = parallel.data_parallel(
