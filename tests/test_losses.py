@@ -382,6 +382,42 @@ def test_large_vocab_where_with_long_head_in_padding():
     _assert_close(got, w_head * ref_fkl(s, t, 1.0) + w_tail * ref_rkl(s, t, 1.0))
 
 
+def test_row_block_sizes():
+    assert losses._row_block(4096, 32000) == 64  # 64 rows x 32000 classes ~ _BLOCK_ELEMENTS
+    assert losses._row_block(4099, 32000) is None  # prime: no divisor near the target
+    assert losses._row_block(128, 100) is None  # small: one block
+    assert losses._row_block(3, 3_000_000) == 1  # one row already exceeds the target
+
+
+def test_row_blocks_match_one_block_and_reference(monkeypatch):
+    """HTA-KL by row blocks (lax.map) gives the one-block values, weights and gradients."""
+    s, t = make_inputs("random", (4, 6, 50), seed=11)
+    where = np.ones((4, 6), bool)
+    where[1, 2:] = False
+
+    def run():
+        def loss(s, t, tau):
+            kl, w_head = losses._hta_kl_and_weight(s, t, tau, 0.5, where)
+            return jnp.sum(kl), (kl, w_head)
+
+        grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+        (_, (kl, w_head)), grads = grad_fn(s, t, 2.0)
+        return jax.tree.map(np.asarray, (kl, w_head, grads))
+
+    one = run()
+    monkeypatch.setattr(losses, "_BLOCK_ELEMENTS", 128)
+    assert losses._row_block(24, 50) == 2  # 12 blocks of 2 rows
+    blocked = run()
+    # Equal up to float32 summation order (the temperature gradient sums over blocks).
+    for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(one), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    kl = blocked[0]
+    w_head, w_tail = ref_weights_exact(s[where], t[where], 2.0, 0.5)
+    expected = w_head * ref_fkl(s[where], t[where], 2.0) + w_tail * ref_rkl(s[where], t[where], 2.0)
+    _assert_close(kl[where], expected)
+    assert np.all(kl[~where] == 0.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # gradients (float64)
 # ----------------------------------------------------------------------------------------------
