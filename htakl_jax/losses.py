@@ -767,11 +767,13 @@ def head_tail_weights(
     return _head_tail_from_probs(p, q, mu)
 
 
-# Row blocks: above 2 * _BLOCK_ELEMENTS elements per input, HTA-KL runs over blocks of about
-# _BLOCK_ELEMENTS elements (whole rows) with lax.map. Its threshold search, weights and KL pair
-# keep about eight [rows, C] temporaries; per block they stay small (at [4096, 32000]: 71 MiB of
-# temporaries instead of 4 GiB), and XLA:CPU, which allocates and page-faults its temporary
-# buffer afresh at every call, ran the gradient 1.45-1.5x faster.
+# Row blocks (CPU): above 2 * _BLOCK_ELEMENTS elements per input, HTA-KL runs over blocks of
+# about _BLOCK_ELEMENTS elements (whole rows) with lax.map. Its threshold search, weights and KL
+# pair keep about eight [rows, C] temporaries; per block they stay small (at [4096, 32000]:
+# 71 MiB of temporaries instead of 4 GiB), and XLA:CPU, which allocates and page-faults its
+# temporary buffer afresh at every call, ran the gradient 1.45-1.7x faster. Not used on other
+# backends: there a loop of blocks adds per-block kernel launches and loop-condition round trips,
+# and it has not been measured.
 _BLOCK_ELEMENTS = 1 << 21
 
 
@@ -805,7 +807,7 @@ def _hta_kl_and_weight(
     _check_temperature(temperature)
     lead, num_classes = jnp.shape(teacher_logits)[:-1], jnp.shape(teacher_logits)[-1]
     num_rows = math.prod(lead)
-    block = _row_block(num_rows, num_classes)
+    block = _row_block(num_rows, num_classes) if jax.default_backend() == "cpu" else None
     if block is None:
         return _hta_kl_rows(student_logits, teacher_logits, temperature, mu, where, path)
 
