@@ -134,8 +134,9 @@ def global_batch(local_tree: Any, mesh: Mesh) -> Any:
 
 
 # XLA:CPU's memory-optimised instruction scheduler. Its default (concurrency-optimised) scheduler
-# starts every zero-filled lax.scan output buffer (one per LIF and per LIF backward) at the top of
-# the program, so they are all live at once and rematerialisation saves little memory.
+# starts every zero-filled lax.scan output buffer (one per LIF and per LIF backward, when T is
+# above neurons._MAX_UNROLLED_T) at the top of the program, so they are all live at once and
+# rematerialisation saves little memory.
 XLA_CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 # XLA:CPU hands convolutions to YNNPACK by default; for this project's 3x3 convolutions its
 # forward+backward ran 1.5-2.4x slower than XLA's own (Eigen) kernels, and ResNet-19 student steps
