@@ -57,8 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     # What the backward recomputes instead of storing (peak memory for step time; results are
     # unchanged): 'none'; 'neuron', each LIF its membrane (= model.neuron.remat); 'block', each
-    # residual block / conv-BN-LIF unit all but its conv outputs (ResNet-20 at T=6: -58% peak
-    # memory at no extra step time, see benchmarks/memory.py). Teacher and student. With remat
+    # residual block / conv-BN-LIF unit all but its conv outputs (ResNet-20 at T=6: -62% peak
+    # memory at 1.17x step time, see benchmarks/memory.py). Teacher and student. With remat
     # on, CPU steps compile with XLA's memory-optimised schedule (train.step_compiler_options).
     c.model.remat = "none"
     c.model.neuron = ml_collections.ConfigDict()

@@ -75,6 +75,14 @@ def _check_temperature(temperature: Any) -> None:
         raise ValueError(f"temperature must be > 0; got {temperature}")
 
 
+def _check_kd_inputs(
+    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
+) -> None:
+    _check_pair(student_logits, teacher_logits)
+    _check_where(where, jnp.shape(teacher_logits)[:-1])
+    _check_temperature(temperature)
+
+
 def _check_mu(mu: Any) -> None:
     if _is_concrete_number(mu) and not 0 < mu <= 1:
         raise ValueError(f"mu (head mass threshold) must lie in (0, 1]; got {mu}")
@@ -220,9 +228,7 @@ def _normalized(
 ) -> tuple[Array, Array, Array, tuple[Array, Array]]:
     """Validated logits s, t [..., C] (float32 or wider, padded rows zeroed), tau as an array,
     and their gradient-free log-normalisers."""
-    _check_pair(student_logits, teacher_logits)
-    _check_where(where, jnp.shape(teacher_logits)[:-1])
-    _check_temperature(temperature)
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
     s, t = _mask_logits(student_logits, where), _mask_logits(teacher_logits, where)
     tau = jnp.asarray(temperature, s.dtype)
     lse = jax.lax.stop_gradient(_log_normalizers(s, t, tau))
@@ -780,13 +786,14 @@ _BLOCK_ELEMENTS = 1 << 21
 def _row_block(num_rows: int, num_classes: int) -> int | None:
     """Rows per block for [num_rows, num_classes] (a divisor of num_rows), or None for one block.
 
-    None also when no divisor lies within 4x below the target (e.g. a prime number of rows).
+    None also when no divisor lies within 4x below the target (e.g. a prime number of rows) or
+    the only one is all rows.
     """
     if num_rows * num_classes <= 2 * _BLOCK_ELEMENTS:
         return None
     target = max(1, _BLOCK_ELEMENTS // num_classes)
-    block = max(b for b in range(1, min(target, num_rows) + 1) if num_rows % b == 0)
-    return block if 4 * block >= target and block < num_rows else None
+    sizes = range(min(target, num_rows - 1), -(-target // 4) - 1, -1)
+    return next((b for b in sizes if num_rows % b == 0), None)
 
 
 def _hta_kl_and_weight(
@@ -802,9 +809,7 @@ def _hta_kl_and_weight(
     `path` is the head-set path of `_head_tail_from_probs` (benchmarks compare them).
     """
     _check_mu(mu)
-    _check_pair(student_logits, teacher_logits)
-    _check_where(where, jnp.shape(teacher_logits)[:-1])
-    _check_temperature(temperature)
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
     lead, num_classes = jnp.shape(teacher_logits)[:-1], jnp.shape(teacher_logits)[-1]
     num_rows = math.prod(lead)
     block = _row_block(num_rows, num_classes) if jax.default_backend() == "cpu" else None

@@ -217,7 +217,9 @@ def test_if_matches_float64_reference(reset, detach_reset, surrogate_name):
 def test_scan_loop_path_matches_float64_reference(reset, detach_reset, surrogate_name):
     """Sequences longer than _MAX_UNROLLED_T run as scan loops, not the unrolled fused pass."""
     v_reset = RESETS[reset]
-    _check_against_reference(2.0, v_reset, True, detach_reset, surrogate_name, 3, LOOP_SHAPE)
+    _check_against_reference(
+        2.0, v_reset, True, detach_reset, surrogate_name, seed=3, shape=LOOP_SHAPE
+    )
 
 
 def test_unrolled_and_loop_paths_are_both_taken():
