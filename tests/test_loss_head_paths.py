@@ -1,11 +1,14 @@
 """The sort-free head-set paths (threshold search, top-k) must give the sort path's weights."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from htakl_jax import losses
+from htakl_jax.losses import head_set
 
 # float32 cumulative sums may land on either side of mu when a C_k is this close to it; the
 # float64 reference then accepts every head length inside the window.
@@ -76,7 +79,7 @@ PATHS = ("threshold", "sort", "top_k")
 @jax.jit
 def _head_weights(p, q, mu):
     """w_head of every path in PATHS."""
-    return tuple(losses._head_tail_from_probs(p, q, mu, path=path)[0] for path in PATHS)
+    return tuple(head_set.head_tail_from_probs(p, q, mu, path=path)[0] for path in PATHS)
 
 
 def _check_threshold_path(p, q, mu: float, label: str) -> None:
@@ -102,7 +105,7 @@ def test_threshold_path_matches_sort_and_float64_reference(num_classes: int) -> 
 
 def test_threshold_path_with_ungrouped_candidates() -> None:
     # A prime class count has no divisor to group the candidates by: plain lax.top_k.
-    assert losses._group_width(1031, losses._CANDIDATES) == 1
+    assert head_set.group_width(1031, head_set.CANDIDATES) == 1
     for kind in ("random", "tied", "equal"):
         p, q = _probs(kind, (3, 1031), seed=6)
         _check_threshold_path(p, q, 0.5, f"{kind} C=1031")
@@ -115,17 +118,19 @@ def test_refining_the_open_rows_gathered_equals_refining_all_rows() -> None:
     p_hard, _ = _probs("tied", (1, 1500), seed=7)
     p = p_easy.at[5].set(p_hard[0])
     total, mu = jnp.sum(p, axis=-1), jnp.float32(0.9)
-    bracket = losses._first_pass(p, total, mu, jnp.zeros(32, bool))
+    bracket = head_set.first_pass(p, total, mu, jnp.zeros(32, bool))
     assert 0 < int(jnp.sum(~bracket[-1])) <= 32 // 16
-    gathered = jax.jit(losses._refine_sixteenth)(p, total, mu, bracket)
-    everywhere = jax.jit(losses._refine_all)(p, total, mu, bracket)
+    gathered = jax.jit(functools.partial(head_set.refine_open_rows, 32 // 16))(
+        p, total, mu, bracket
+    )
+    everywhere = jax.jit(head_set.refine_all)(p, total, mu, bracket)
     for a, b in zip(gathered, everywhere, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert bool(jnp.all(gathered[-1]))
 
 
 def test_threshold_path_on_1d_and_sequence_shapes() -> None:
-    weights = jax.jit(lambda p, q: losses._head_tail_from_probs(p, q, 0.5, path="threshold")[0])
+    weights = jax.jit(lambda p, q: head_set.head_tail_from_probs(p, q, 0.5, path="threshold")[0])
     for shape, kind in (((2, 3, 1500), "random"), ((1500,), "flat")):
         p, q = _probs(kind, shape, seed=1)
         w_head = np.asarray(weights(p, q), np.float64)
@@ -172,7 +177,7 @@ def test_tie_branch_only_for_rows_that_need_it_and_never_for_padding() -> None:
     p_equal, q = _probs("equal", (3, 1500), seed=4)
     p_random, _ = _probs("random", (3, 1500), seed=4)
     p = jnp.concatenate([p_random[:2], p_equal[2:]])
-    branches = jax.jit(lambda p, q, valid: losses._threshold_head_gap(p, q, 0.5, valid)[2:])
+    branches = jax.jit(lambda p, q, valid: head_set.head_gap_threshold_parts(p, q, 0.5, valid)[2:])
     tie, rest = branches(p, q, jnp.array([True, True, True]))
     assert np.asarray(tie).tolist() == [False, False, True] and not np.any(rest)
     # Padded positions hold all-equal probabilities (their logits are zeroed): no branch.
@@ -187,11 +192,11 @@ def test_auto_uses_the_threshold_path_above_the_sort_limit(monkeypatch) -> None:
         calls.append(p.shape[-1])
         return jnp.zeros(p.shape[:-1])
 
-    monkeypatch.setattr(losses, "_head_gap_threshold", spy)
-    for c in (losses._SORT_MAX_CLASSES, losses._SORT_MAX_CLASSES + 1):
+    monkeypatch.setattr(head_set, "head_gap_threshold", spy)
+    for c in (head_set.SORT_MAX_CLASSES, head_set.SORT_MAX_CLASSES + 1):
         p = jnp.full((2, c), 1.0 / c)
-        losses._head_tail_from_probs(p, p, 0.5)
-    assert calls == [losses._SORT_MAX_CLASSES + 1]
+        head_set.head_tail_from_probs(p, p, 0.5)
+    assert calls == [head_set.SORT_MAX_CLASSES + 1]
 
 
 def test_hta_kl_gradients_do_not_flow_through_the_weights() -> None:
@@ -205,7 +210,7 @@ def test_hta_kl_gradients_do_not_flow_through_the_weights() -> None:
         log_p = jax.nn.log_softmax(t_ / tau)
         log_q = jax.nn.log_softmax(s_ / tau)
         p, q = jnp.exp(log_p), jnp.exp(log_q)
-        w_head, w_tail = losses._head_tail_from_probs(
+        w_head, w_tail = head_set.head_tail_from_probs(
             jax.lax.stop_gradient(p), jax.lax.stop_gradient(q), mu, path="sort"
         )
         fkl = jnp.sum(p * (log_p - log_q), axis=-1)
@@ -257,4 +262,4 @@ def test_padded_rows_are_zero_and_do_not_change_valid_rows() -> None:
 def test_unknown_path_is_rejected() -> None:
     p = jnp.ones((1, 3)) / 3
     with pytest.raises(ValueError, match="head-set path"):
-        losses._head_tail_from_probs(p, p, 0.5, path="bisect")
+        head_set.head_tail_from_probs(p, p, 0.5, path="bisect")

@@ -383,31 +383,53 @@ def test_large_vocab_where_with_long_head_in_padding():
 
 
 def test_row_block_sizes():
-    assert losses._row_block(4096, 32000) == 64  # 64 rows x 32000 classes ~ _BLOCK_ELEMENTS
-    assert losses._row_block(4099, 32000) is None  # prime: no divisor near the target
-    assert losses._row_block(128, 100) is None  # small: one block
-    assert losses._row_block(3, 3_000_000) == 1  # one row already exceeds the target
+    assert losses.row_block_size(4096, 32000) == 64  # 64 rows x 32000 classes ~ BLOCK_ELEMENTS
+    assert losses.row_block_size(4099, 32000) is None  # prime: no divisor near the target
+    assert losses.row_block_size(128, 100) is None  # small: one block
+    assert losses.row_block_size(3, 3_000_000) == 1  # one row already exceeds the target
+    assert losses.row_block_size(24, 50, block_elements=128) == 2
 
 
-def test_row_blocks_match_one_block_and_reference(monkeypatch):
+def test_row_block_argument_is_checked():
+    s = jnp.zeros((6, 5))
+    for bad in (0, 4, True, "big"):
+        with pytest.raises(ValueError, match="row_block"):
+            losses.hta_kl(s, s, row_block=bad)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' blocks on the CPU backend")
+def test_auto_row_blocks_above_the_size_on_cpu():
+    """'auto' maps over row blocks (a top-level scan, one step per block) only above
+    2 * BLOCK_ELEMENTS elements; None never."""
+
+    def blocks(shape, row_block):
+        x = jax.ShapeDtypeStruct(shape, jnp.float32)  # traced only: no [4096, 32000] arrays
+        jaxpr = jax.make_jaxpr(lambda s, t: losses.hta_kl(s, t, row_block=row_block))(x, x)
+        return [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+
+    assert blocks((4096, 32000), "auto") == [4096 // 64]
+    assert blocks((4096, 32000), None) == [] and blocks((128, 100), "auto") == []
+
+
+def test_row_blocks_match_one_block_and_reference():
     """HTA-KL by row blocks (lax.map) gives the one-block values, weights and gradients."""
     s, t = make_inputs("random", (4, 6, 50), seed=11)
     where = np.ones((4, 6), bool)
     where[1, 2:] = False
 
-    def run():
+    def run(row_block):
         def loss(s, t, tau):
-            kl, w_head = losses._hta_kl_and_weight(s, t, tau, 0.5, where)
+            kl, w_head = losses.hta_kl_with_weight(
+                s, t, temperature=tau, mu=0.5, where=where, row_block=row_block
+            )
             return jnp.sum(kl), (kl, w_head)
 
         grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
         (_, (kl, w_head)), grads = grad_fn(s, t, 2.0)
         return jax.tree.map(np.asarray, (kl, w_head, grads))
 
-    one = run()
-    monkeypatch.setattr(losses, "_BLOCK_ELEMENTS", 128)
-    assert losses._row_block(24, 50) == 2  # 12 blocks of 2 rows
-    blocked = run()
+    one = run(None)
+    blocked = run(2)  # 12 blocks of 2 rows
     # Equal up to float32 summation order (the temperature gradient sums over blocks).
     for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(one), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)

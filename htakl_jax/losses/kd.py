@@ -1,0 +1,533 @@
+"""The KD loss family: forward / reverse KL, HTA-KL, the ablations and the training objective.
+
+Conventions are in the package docstring (:mod:`htakl_jax.losses`); the head set and the HTA-KL
+weights are in :mod:`htakl_jax.losses.head_set`. Imports only jax and numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from htakl_jax.losses import head_set
+
+Array = jax.Array
+
+METHODS = ("ce", "fkl", "rkl", "symmetric", "fixed_ratio", "hta_kl")
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _check_pair(student_logits: Array, teacher_logits: Array) -> None:
+    s_shape, t_shape = jnp.shape(student_logits), jnp.shape(teacher_logits)
+    if len(s_shape) < 1 or len(t_shape) < 1:
+        raise ValueError(
+            f"logits need a class axis [..., C]; got student {s_shape} and teacher {t_shape}"
+        )
+    if s_shape != t_shape:
+        raise ValueError(
+            f"student logits {s_shape} and teacher logits {t_shape} must have the same shape "
+            "(same leading dims and the same number of classes C)"
+        )
+
+
+def _check_where(where: Array | None, batch_shape: tuple[int, ...]) -> None:
+    if where is not None and jnp.shape(where) != batch_shape:
+        raise ValueError(
+            f"`where` must have the logits' leading shape {batch_shape}; got {jnp.shape(where)}"
+        )
+
+
+def _is_concrete_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_temperature(temperature: Any) -> None:
+    if _is_concrete_number(temperature) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+
+
+def _check_kd_inputs(
+    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
+) -> None:
+    _check_pair(student_logits, teacher_logits)
+    _check_where(where, jnp.shape(teacher_logits)[:-1])
+    _check_temperature(temperature)
+
+
+def _check_mu(mu: Any) -> None:
+    if _is_concrete_number(mu) and not 0 < mu <= 1:
+        raise ValueError(f"mu (head mass threshold) must lie in (0, 1]; got {mu}")
+
+
+def _check_head_ratio(head_ratio: Any) -> None:
+    if head_ratio is None:
+        raise ValueError("method 'fixed_ratio' needs head_ratio in [0, 1]; got None")
+    if _is_concrete_number(head_ratio) and not 0 <= head_ratio <= 1:
+        raise ValueError(f"head_ratio must lie in [0, 1]; got {head_ratio}")
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _compute_dtype(x: Array) -> jnp.dtype:
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def _mask_logits(logits: Array, where: Array | None) -> Array:
+    """Replace masked rows by zeros so no NaN/inf from padding reaches the forward or backward."""
+    logits = logits.astype(_compute_dtype(logits))
+    if where is None:
+        return logits
+    return jnp.where(jnp.asarray(where, bool)[..., None], logits, 0.0)
+
+
+def _apply_where(values: Array, where: Array | None) -> Array:
+    if where is None:
+        return values
+    return jnp.where(jnp.asarray(where, bool), values, 0.0)
+
+
+def _probs(
+    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
+) -> tuple[Array, Array]:
+    """Teacher and student probabilities (p, q) at `temperature`, [..., C] each."""
+    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
+    q, p, _ = _kl_terms(s, t, tau, *lse)
+    return p, q
+
+
+# ----- the KL pair with a hand-written backward
+#
+# Every KD loss here is w_fkl * KL(p || q) + w_rkl * KL(q || p) with weights that carry no
+# gradient into the logits. Autodiff through log_softmax saves and re-reads several [..., C]
+# arrays; this VJP keeps only the logits (alive anyway) and per-row scalars, and rebuilds p and q
+# in one elementwise pass. With z = logits / tau, d = log p - log q (0 log 0 = 0 on masked
+# classes):
+#   dKL(p||q)/dz_s = q - p            dKL(q||p)/dz_s = q * (-d - KL(q||p))
+#   dKL(p||q)/dz_t = p * (d - KL(p||q))   dKL(q||p)/dz_t = p - q
+# and dL/dtau = -(1 / tau) * sum(dL/ds * s + dL/dt * t). Forward-mode autodiff (jax.jvp) does
+# not pass through it (a custom_vjp limitation).
+
+
+def _log_normalizers(s: Array, t: Array, temperature: Array) -> tuple[Array, Array]:
+    """logsumexp of s / tau and t / tau over classes, [..., 1] each."""
+    lse = functools.partial(jax.nn.logsumexp, axis=-1, keepdims=True)
+    return lse(s / temperature), lse(t / temperature)
+
+
+def _kl_terms(s: Array, t: Array, temperature: Array, lse_s: Array, lse_t: Array) -> tuple:
+    """Per-class q, p and d = log p - log q (0 where both vanish), [..., C] each."""
+    log_q, log_p = s / temperature - lse_s, t / temperature - lse_t
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    # The inner `where`s keep -inf - -inf = NaN out of d on classes masked in both.
+    d = jnp.where(p > 0, log_p, 0.0) - jnp.where(q > 0, log_q, 0.0)
+    return q, p, d
+
+
+def _kl_pair_fwd(terms, s, t, w_fkl, w_rkl, temperature, lse_s, lse_t):
+    q, p, d = _kl_terms(s, t, temperature, lse_s, lse_t)
+    zero = jnp.zeros(s.shape[:-1], s.dtype)
+    fkl = jnp.sum(jnp.where(p > 0, p * d, 0.0), axis=-1) if terms[0] else zero
+    rkl = jnp.sum(jnp.where(q > 0, -q * d, 0.0), axis=-1) if terms[1] else zero
+    out = w_fkl * fkl + w_rkl * rkl
+    return out, (s, t, w_fkl, w_rkl, temperature, lse_s, lse_t, fkl, rkl)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _kl_pair(
+    terms: tuple[bool, bool],
+    s: Array,
+    t: Array,
+    w_fkl: Array,
+    w_rkl: Array,
+    temperature: Array,
+    lse_s: Array,
+    lse_t: Array,
+) -> Array:
+    """w_fkl * KL(p || q) + w_rkl * KL(q || p) per row: logits [..., C], weights [...] -> [...].
+
+    `terms` (static) says which of (FKL, RKL) to compute; a term left out counts as 0.
+    lse_s, lse_t [..., 1] are `_log_normalizers(s, t, temperature)`, passed in so a caller that
+    also needs p and q computes them once; they get a zero cotangent, the VJP of s and t
+    already covers them.
+    """
+    return _kl_pair_fwd(terms, s, t, w_fkl, w_rkl, temperature, lse_s, lse_t)[0]
+
+
+def _kl_pair_bwd(terms, residuals, g):
+    s, t, w_fkl, w_rkl, temperature, lse_s, lse_t, fkl, rkl = residuals
+    q, p, d = _kl_terms(s, t, temperature, lse_s, lse_t)
+    dz_s, dz_t = 0.0, 0.0
+    if terms[0]:
+        g_f = (g * w_fkl)[..., None]
+        dz_s = dz_s + g_f * (q - p)
+        dz_t = dz_t + g_f * jnp.where(p > 0, p * (d - fkl[..., None]), 0.0)
+    if terms[1]:
+        g_r = (g * w_rkl)[..., None]
+        dz_s = dz_s + g_r * jnp.where(q > 0, q * (-d - rkl[..., None]), 0.0)
+        dz_t = dz_t + g_r * (p - q)
+    ds, dt = dz_s / temperature, dz_t / temperature
+    d_temperature = -(_finite_dot(ds, s) + _finite_dot(dt, t)) / temperature
+    d_temperature = d_temperature.astype(temperature.dtype)
+    zero_lse = (jnp.zeros_like(lse_s), jnp.zeros_like(lse_t))
+    return (ds, dt, g * fkl, g * rkl, d_temperature, *zero_lse)
+
+
+_kl_pair.defvjp(_kl_pair_fwd, _kl_pair_bwd)
+
+
+def _finite_dot(cotangent: Array, logits: Array) -> Array:
+    """sum(cotangent * logits) over finite logits: -inf (masked) classes add 0, not NaN."""
+    return jnp.sum(jnp.where(jnp.isfinite(logits), cotangent * logits, 0.0))
+
+
+def _weighted_kl(
+    student_logits: Array,
+    teacher_logits: Array,
+    w_fkl: Any,
+    w_rkl: Any,
+    temperature: Any,
+    where: Array | None,
+) -> Array:
+    """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 on rows outside `where`; [...]."""
+    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
+    return _apply_where(_kl_pair_scaled(s, t, w_fkl, w_rkl, tau, lse), where)
+
+
+def _normalized(
+    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
+) -> tuple[Array, Array, Array, tuple[Array, Array]]:
+    """Validated logits s, t [..., C] (float32 or wider, padded rows zeroed), tau as an array,
+    and their gradient-free log-normalisers."""
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+    s, t = _mask_logits(student_logits, where), _mask_logits(teacher_logits, where)
+    tau = jnp.asarray(temperature, s.dtype)
+    lse = jax.lax.stop_gradient(_log_normalizers(s, t, tau))
+    return s, t, tau, lse
+
+
+def _kl_pair_scaled(
+    s: Array, t: Array, w_fkl: Any, w_rkl: Any, tau: Array, lse: tuple[Array, Array]
+) -> Array:
+    """tau^2 * `_kl_pair`; a weight that is the Python number 0 drops its term."""
+    terms = tuple(not (_is_concrete_number(w) and w == 0) for w in (w_fkl, w_rkl))
+    rows = s.shape[:-1]
+    w_fkl, w_rkl = (jnp.broadcast_to(jnp.asarray(w, s.dtype), rows) for w in (w_fkl, w_rkl))
+    return tau**2 * _kl_pair(terms, s, t, w_fkl, w_rkl, tau, *lse)
+
+
+# --------------------------------------------------------------------------- public losses
+
+
+def forward_kl(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: float = 1.0,
+    where: Array | None = None,
+) -> Array:
+    """Standard KD: tau^2 * KL(p_teacher || q_student) per example. [..., C] -> [...]."""
+    return _weighted_kl(student_logits, teacher_logits, 1.0, 0.0, temperature, where)
+
+
+def reverse_kl(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: float = 1.0,
+    where: Array | None = None,
+) -> Array:
+    """Reverse KD: tau^2 * KL(q_student || p_teacher) per example. [..., C] -> [...]."""
+    return _weighted_kl(student_logits, teacher_logits, 0.0, 1.0, temperature, where)
+
+
+def symmetric_kl(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: float = 1.0,
+    where: Array | None = None,
+) -> Array:
+    """(FKL + RKL) / 2 per example. [..., C] -> [...]."""
+    return fixed_ratio_kl(
+        student_logits, teacher_logits, head_ratio=0.5, temperature=temperature, where=where
+    )
+
+
+def fixed_ratio_kl(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    head_ratio: float,
+    temperature: float = 1.0,
+    where: Array | None = None,
+) -> Array:
+    """Ablation with constant weights: r * FKL + (1 - r) * RKL per example. [..., C] -> [...]."""
+    _check_head_ratio(head_ratio)
+    return _weighted_kl(
+        student_logits, teacher_logits, head_ratio, 1.0 - head_ratio, temperature, where
+    )
+
+
+def head_tail_weights(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: float = 1.0,
+    mu: float = 0.5,
+    path: str = "auto",
+) -> tuple[Array, Array]:
+    """HTA-KL weights (w_head, w_tail), each [...], summing to 1; no gradient flows through them.
+
+    w_head = g_head / (g_head + g_tail) with g the summed |p - q| gaps over head and tail classes;
+    0.5 / 0.5 when the total gap is zero (student equals teacher). `path`: the head-set path
+    (:data:`htakl_jax.losses.head_set.PATHS`; all exact).
+    """
+    _check_mu(mu)
+    p, q = _probs(
+        jax.lax.stop_gradient(student_logits),
+        jax.lax.stop_gradient(teacher_logits),
+        temperature,
+        None,
+    )
+    return head_set.head_tail_from_probs(p, q, mu, path=path)
+
+
+# Row blocks: above 2 * BLOCK_ELEMENTS elements per input, HTA-KL on the CPU backend runs over
+# blocks of about BLOCK_ELEMENTS elements (whole rows) with lax.map. Its threshold search, weights
+# and KL pair keep about eight [rows, C] temporaries; per block they stay small (at [4096, 32000]:
+# 71 MiB of temporaries instead of 4 GiB), and XLA:CPU, which allocates and page-faults its
+# temporary buffer afresh at every call, ran the gradient 1.45-1.7x faster. Not the default on
+# other backends: there a loop of blocks adds per-block kernel launches and loop-condition round
+# trips, and it has not been measured (pass `row_block` to choose).
+BLOCK_ELEMENTS = 1 << 21
+
+
+def row_block_size(
+    num_rows: int, num_classes: int, block_elements: int = BLOCK_ELEMENTS
+) -> int | None:
+    """Rows per block for [num_rows, num_classes] (a divisor of num_rows), or None for one block.
+
+    None also when no divisor lies within 4x below the target (e.g. a prime number of rows) or
+    the only one is all rows.
+    """
+    if num_rows * num_classes <= 2 * block_elements:
+        return None
+    target = max(1, block_elements // num_classes)
+    sizes = range(min(target, num_rows - 1), -(-target // 4) - 1, -1)
+    return next((b for b in sizes if num_rows % b == 0), None)
+
+
+def _resolve_row_block(row_block: int | str | None, num_rows: int, num_classes: int) -> int | None:
+    """Rows per block (None: all rows at once) for the `row_block` argument of `hta_kl`."""
+    if row_block == "auto":
+        on_cpu = jax.default_backend() == "cpu"
+        return row_block_size(num_rows, num_classes) if on_cpu else None
+    if row_block is None:
+        return None
+    if isinstance(row_block, bool) or not isinstance(row_block, int) or row_block < 1:
+        raise ValueError(f"row_block must be 'auto', None or a positive int, got {row_block!r}")
+    if num_rows % row_block:
+        raise ValueError(f"row_block {row_block} does not divide the {num_rows} rows")
+    return None if row_block == num_rows else row_block
+
+
+def hta_kl_with_weight(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: float = 1.0,
+    mu: float = 0.5,
+    where: Array | None = None,
+    path: str = "auto",
+    row_block: int | str | None = "auto",
+) -> tuple[Array, Array]:
+    """:func:`hta_kl` [...] and the head weight w_head [...] it used (for logging)."""
+    _check_mu(mu)
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+    lead, num_classes = jnp.shape(teacher_logits)[:-1], jnp.shape(teacher_logits)[-1]
+    num_rows = math.prod(lead)
+    block = _resolve_row_block(row_block, num_rows, num_classes)
+    if block is None:
+        return _hta_kl_rows(student_logits, teacher_logits, temperature, mu, where, path)
+
+    def blocks(x: Array) -> Array:
+        return jnp.reshape(x, (num_rows // block, block) + jnp.shape(x)[len(lead) :])
+
+    def one_block(operands: tuple) -> tuple[Array, Array]:
+        s_block, t_block, where_block = operands
+        return _hta_kl_rows(s_block, t_block, temperature, mu, where_block, path)
+
+    where_blocks = None if where is None else blocks(jnp.asarray(where, bool))
+    operands = (blocks(student_logits), blocks(teacher_logits), where_blocks)
+    kl, w_head = jax.lax.map(one_block, operands)
+    return kl.reshape(lead), w_head.reshape(lead)
+
+
+def _hta_kl_rows(
+    student_logits: Array,
+    teacher_logits: Array,
+    temperature: Any,
+    mu: Any,
+    where: Array | None,
+    path: str,
+) -> tuple[Array, Array]:
+    """`hta_kl_with_weight` on all rows at once."""
+    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
+    # p and q from the same log-normalisers as the KL pair, so XLA computes them once.
+    q, p, _ = _kl_terms(*jax.lax.stop_gradient((s, t)), tau, *lse)
+    w_head, w_tail = head_set.head_tail_from_probs(p, q, mu, valid=where, path=path)
+    return _apply_where(_kl_pair_scaled(s, t, w_head, w_tail, tau, lse), where), w_head
+
+
+def hta_kl(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: float = 1.0,
+    mu: float = 0.5,
+    where: Array | None = None,
+    path: str = "auto",
+    row_block: int | str | None = "auto",
+) -> Array:
+    """HTA-KL per example: w_head * FKL + w_tail * RKL with adaptive, gradient-free weights.
+
+    [..., C] -> [...]. `mu` in (0, 1] is the cumulative teacher mass that bounds the head.
+    Execution choices that leave the value unchanged (up to float rounding):
+    - `path`: how the head set is found (:data:`htakl_jax.losses.head_set.PATHS`; "auto" sorts up
+      to 1024 classes and searches a threshold above).
+    - `row_block`: rows per `lax.map` block (must divide the number of rows), None for all rows
+      at once, or "auto": blocks of about 2M elements on the CPU backend above 4M elements per
+      input (`row_block_size`), all rows at once elsewhere.
+    """
+    return hta_kl_with_weight(
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mu=mu,
+        where=where,
+        path=path,
+        row_block=row_block,
+    )[0]
+
+
+# --------------------------------------------------------------------------- total objective
+
+# The fixed-weight methods as their FKL weight r (loss r * FKL + (1 - r) * RKL).
+_FIXED_RATIOS = {"fkl": 1.0, "rkl": 0.0, "symmetric": 0.5}
+
+
+def _masked_mean(values: Array, where: Array | None) -> Array:
+    if where is None:
+        return jnp.mean(values)
+    where = jnp.asarray(where, bool)
+    return jnp.sum(jnp.where(where, values, 0.0)) / jnp.maximum(jnp.sum(where), 1)
+
+
+def cross_entropy(logits: Array, labels: Array, *, where: Array | None = None) -> Array:
+    """Softmax cross-entropy with integer labels, per example: [..., C], [...] -> [...]."""
+    if jnp.shape(labels) != jnp.shape(logits)[:-1]:
+        raise ValueError(
+            f"labels shape {jnp.shape(labels)} must equal the logits' leading shape "
+            f"{jnp.shape(logits)[:-1]} (logits {jnp.shape(logits)})"
+        )
+    _check_where(where, jnp.shape(labels))
+    log_q = jax.nn.log_softmax(_mask_logits(logits, where), axis=-1)
+    nll = -jnp.take_along_axis(log_q, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
+    return _apply_where(nll, where)
+
+
+def _time_mean(student_logits: Array, teacher_logits: Array) -> Array:
+    """Student logits [T, B..., C] averaged over T (float32 at least), or [B..., C] as given."""
+    s_ndim, t_ndim = jnp.ndim(student_logits), jnp.ndim(teacher_logits)
+    if s_ndim == t_ndim + 1:
+        return jnp.mean(student_logits.astype(_compute_dtype(student_logits)), axis=0)
+    if s_ndim != t_ndim:
+        raise ValueError(
+            f"student logits {jnp.shape(student_logits)} must be [T, B..., C] or [B..., C] for "
+            f"teacher logits {jnp.shape(teacher_logits)}"
+        )
+    return student_logits
+
+
+def _kd_term(
+    method: str,
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    temperature: Any,
+    mu: Any,
+    head_ratio: Any,
+    where: Array | None,
+) -> tuple[Array, Array]:
+    """Per-example KD loss [B...] of `method` and its (mean) head weight."""
+    if method == "hta_kl":
+        kd, w_head = hta_kl_with_weight(
+            student_logits, teacher_logits, temperature=temperature, mu=mu, where=where
+        )
+        return kd, _masked_mean(w_head, where)
+    ratio = _FIXED_RATIOS.get(method, head_ratio)
+    _check_head_ratio(ratio)
+    kd = _weighted_kl(student_logits, teacher_logits, ratio, 1.0 - ratio, temperature, where)
+    return kd, jnp.asarray(ratio, _compute_dtype(student_logits))
+
+
+def distillation_loss(
+    student_logits: Array,
+    teacher_logits: Array,
+    labels: Array,
+    *,
+    method: str,
+    alpha: float,
+    temperature: float,
+    mu: float = 0.5,
+    head_ratio: float | None = None,
+    where: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Training objective L = (1 - alpha) * CE + alpha * KD, averaged over valid examples.
+
+    Args:
+      student_logits: [T, B..., C] per-timestep SNN logits (averaged over T first, as the paper
+        does) or [B..., C].
+      teacher_logits: [B..., C].
+      labels: integer class ids [B...].
+      method: one of METHODS: "ce" (no distillation: L = CE, alpha ignored), "fkl", "rkl",
+        "symmetric", "fixed_ratio" (needs head_ratio), "hta_kl" (uses mu).
+      alpha: weight of the KD term in [0, 1].
+      temperature: KD temperature tau (> 0); CE always uses temperature 1.
+      where: optional bool [B...] mask of valid examples/positions.
+
+    Returns:
+      (scalar loss, metrics) with metrics "loss", "ce", "kd" and the mean head/tail weights
+      "w_head", "w_tail" (the adaptive ones for hta_kl, the constant ones for the other methods,
+      0/0 for "ce").
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; expected one of {METHODS}")
+    if _is_concrete_number(alpha) and not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
+    student_logits = _time_mean(student_logits, teacher_logits)
+    _check_pair(student_logits, teacher_logits)
+    ce = _masked_mean(cross_entropy(student_logits, labels, where=where), where)
+    if method == "ce":
+        zero = jnp.zeros((), _compute_dtype(student_logits))
+        return ce, {"loss": ce, "ce": ce, "kd": zero, "w_head": zero, "w_tail": zero}
+    kd, w_head = _kd_term(
+        method,
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mu=mu,
+        head_ratio=head_ratio,
+        where=where,
+    )
+    kd = _masked_mean(kd, where)
+    loss = (1.0 - alpha) * ce + alpha * kd
+    return loss, {"loss": loss, "ce": ce, "kd": kd, "w_head": w_head, "w_tail": 1.0 - w_head}
