@@ -56,13 +56,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Compute dtype of the models: float32 or bfloat16 (parameters stay float32).
     c.model.dtype = "float32"
     # What the backward recomputes instead of storing (peak memory for step time; results are
-    # unchanged): 'none'; 'neuron', each LIF its membrane (= model.neuron.remat); 'block', each
-    # residual block / conv-BN-LIF unit all but its conv outputs (ResNet-20 at T=6: -62% peak
-    # memory at 1.17x step time, see benchmarks/memory.py). Teacher and student. With remat
-    # on, CPU steps compile with XLA's memory-optimised schedule (train.step_compiler_options).
+    # unchanged): 'none'; 'neuron', each LIF its membrane; 'block', each residual block /
+    # conv-BN-LIF unit all but its conv outputs (ResNet-20 at T=6: -62% peak memory at 1.17x step
+    # time, see benchmarks/memory.py). Teacher and student. With remat on, CPU steps compile
+    # with XLA's memory-optimised schedule (steps.step_compiler_options).
     c.model.remat = "none"
     c.model.neuron = ml_collections.ConfigDict()
-    # LIF membrane time constant (dimensionless, in timesteps).
+    # LIF membrane time constant (dimensionless, in timesteps; >= 1, see neurons.neuron_config).
     c.model.neuron.tau = 2.0
     c.model.neuron.v_threshold = 1.0
     # Hard-reset potential; None = soft reset (subtract the threshold).
@@ -73,9 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Surrogate gradient: sigmoid, atan, rectangle, triangle, superspike; and its alpha.
     c.model.neuron.surrogate = "sigmoid"
     c.model.neuron.surrogate_alpha = 4.0
-    # Rematerialise the LIF scan in the backward pass; barely lowers a step's peak memory (conv/BN
-    # activations dominate): see model.remat.
-    c.model.neuron.remat = False
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.epochs = 300

@@ -245,16 +245,6 @@ def check_model_meta(path: str, meta: dict, expected: dict) -> None:
 
 def restore_variables(
     phase_dir: str, abstract_variables: Any, *, expected_model: dict, prefer_best: bool = True
-) -> tuple[Any, dict]:
-    """`restore_variables_from` without the path: (variables, meta)."""
-    variables, meta, _ = restore_variables_from(
-        phase_dir, abstract_variables, expected_model=expected_model, prefer_best=prefer_best
-    )
-    return variables, meta
-
-
-def restore_variables_from(
-    phase_dir: str, abstract_variables: Any, *, expected_model: dict, prefer_best: bool = True
 ) -> tuple[Any, dict, str]:
     """Restores {'params', 'batch_stats'} of the best (or latest) checkpoint in `phase_dir`.
 

@@ -18,12 +18,10 @@ import ml_collections
 
 from htakl_jax import checkpoint as ckpt_lib
 from htakl_jax import data as data_lib
-from htakl_jax import losses
-from htakl_jax.models import MODELS, REMAT_MODES
+from htakl_jax import losses, neurons, runs, surrogate
+from htakl_jax.models import DTYPES, MODELS, REMAT_MODES
+from htakl_jax.parallel import INIT_MODES
 
-MODES = ("all", "teacher", "distill", "eval")
-DTYPES = ("float32", "bfloat16")
-SURROGATES = ("sigmoid", "atan", "rectangle", "triangle", "superspike")
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 # Keys whose value may be None (placeholders in the default config), with the type otherwise.
 _NULLABLE = {"model.neuron.v_reset": float, "student.head_ratio": float}
@@ -83,15 +81,9 @@ def _require(cond: bool, key: str, what: str, value: Any) -> None:
         raise ValueError(f"config.{key} {what}, got {value!r}")
 
 
-def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
-    """Value ranges and cross-key constraints."""
-    c = config
-    _require(
-        c.data.name in data_lib.SOURCES,
-        "data.name",
-        f"must be one of {sorted(data_lib.SOURCES)}",
-        c.data.name,
-    )
+def _check_data_and_model(c: ml_collections.ConfigDict) -> None:
+    names = sorted(data_lib.SOURCES)
+    _require(c.data.name in data_lib.SOURCES, "data.name", f"must be one of {names}", c.data.name)
     _require(c.data.pad >= 0, "data.pad", "must be >= 0", c.data.pad)
     for key in ("train_examples", "validation_examples"):
         _require(c.data[key] >= 0, f"data.{key}", "must be >= 0 (0 = off)", c.data[key])
@@ -101,33 +93,37 @@ def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None
         "needs data.validation_examples > 0",
         c.data.eval_on_validation,
     )
-    _require(c.model.name in MODELS, "model.name", f"must be one of {sorted(MODELS)}", c.model.name)
-    _require(c.model.width_mult > 0, "model.width_mult", "must be > 0", c.model.width_mult)
-    _require(c.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}", c.model.dtype)
-    _require(
-        c.model.remat in REMAT_MODES, "model.remat", f"must be one of {REMAT_MODES}", c.model.remat
-    )
-    n = c.model.neuron
-    _require(n.tau > 1.0, "model.neuron.tau", "must be > 1 (membrane time constant)", n.tau)
-    _require(n.v_threshold > 0, "model.neuron.v_threshold", "must be > 0", n.v_threshold)
-    _require(
-        n.surrogate in SURROGATES,
-        "model.neuron.surrogate",
-        f"must be one of {SURROGATES}",
-        n.surrogate,
-    )
-    _require(
-        n.surrogate_alpha > 0, "model.neuron.surrogate_alpha", "must be > 0", n.surrogate_alpha
-    )
+    m = c.model
+    _require(m.name in MODELS, "model.name", f"must be one of {sorted(MODELS)}", m.name)
+    _require(m.width_mult > 0, "model.width_mult", "must be > 0", m.width_mult)
+    _require(m.dtype in DTYPES, "model.dtype", f"must be one of {tuple(DTYPES)}", m.dtype)
+    _require(m.remat in REMAT_MODES, "model.remat", f"must be one of {REMAT_MODES}", m.remat)
 
-    s = c.student
+
+def _check_neuron(n: ml_collections.ConfigDict) -> None:
+    """The neuron's own rules (`neurons.neuron_config`, `surrogate.get`), named by config key."""
+    _require(n.v_threshold > 0, "model.neuron.v_threshold", "must be > 0", n.v_threshold)
+    try:
+        spike = surrogate.get(n.surrogate, n.surrogate_alpha)
+    except ValueError as e:
+        raise ValueError(f"config.model.neuron.surrogate / surrogate_alpha: {e}") from e
+    try:
+        neurons.neuron_config(
+            tau=n.tau,
+            v_threshold=n.v_threshold,
+            v_reset=n.v_reset,
+            decay_input=n.decay_input,
+            detach_reset=n.detach_reset,
+            surrogate_fn=spike,
+        )
+    except ValueError as e:  # its messages start with the argument's name
+        raise ValueError(f"config.model.neuron.{e}") from e
+
+
+def _check_student(s: ml_collections.ConfigDict) -> None:
     _require(s.timesteps >= 1, "student.timesteps", "(T) must be >= 1", s.timesteps)
-    _require(
-        s.method in losses.METHODS,
-        "student.method",
-        f"must be one of {sorted(losses.METHODS)}",
-        s.method,
-    )
+    methods = sorted(losses.METHODS)
+    _require(s.method in losses.METHODS, "student.method", f"must be one of {methods}", s.method)
     _require(0.0 <= s.alpha <= 1.0, "student.alpha", "must be in [0, 1]", s.alpha)
     _require(s.temperature > 0, "student.temperature", "must be > 0", s.temperature)
     _require(0.0 < s.mu <= 1.0, "student.mu", "must be in (0, 1]", s.mu)
@@ -143,21 +139,24 @@ def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None
             0.0 <= s.head_ratio <= 1.0, "student.head_ratio", "must be in [0, 1]", s.head_ratio
         )
 
-    for phase in ("teacher", "student"):
-        p = c[phase]
-        _require(p.epochs >= 1, f"{phase}.epochs", "must be >= 1", p.epochs)
-        _require(p.batch_size >= 1, f"{phase}.batch_size", "must be >= 1", p.batch_size)
-        _require(
-            p.batch_size % num_devices == 0,
-            f"{phase}.batch_size",
-            f"must be divisible by the device count {num_devices}",
-            p.batch_size,
-        )
-        _require(p.lr > 0, f"{phase}.lr", "must be > 0", p.lr)
-        _require(p.warmup_epochs >= 0, f"{phase}.warmup_epochs", "must be >= 0", p.warmup_epochs)
-        _require(0.0 <= p.momentum < 1.0, f"{phase}.momentum", "must be in [0, 1)", p.momentum)
-        _require(p.weight_decay >= 0, f"{phase}.weight_decay", "must be >= 0", p.weight_decay)
 
+def _check_phase(c: ml_collections.ConfigDict, phase: str, num_devices: int) -> None:
+    p = c[phase]
+    _require(p.epochs >= 1, f"{phase}.epochs", "must be >= 1", p.epochs)
+    _require(p.batch_size >= 1, f"{phase}.batch_size", "must be >= 1", p.batch_size)
+    _require(
+        p.batch_size % num_devices == 0,
+        f"{phase}.batch_size",
+        f"must be divisible by the device count {num_devices}",
+        p.batch_size,
+    )
+    _require(p.lr > 0, f"{phase}.lr", "must be > 0", p.lr)
+    _require(p.warmup_epochs >= 0, f"{phase}.warmup_epochs", "must be >= 0", p.warmup_epochs)
+    _require(0.0 <= p.momentum < 1.0, f"{phase}.momentum", "must be in [0, 1)", p.momentum)
+    _require(p.weight_decay >= 0, f"{phase}.weight_decay", "must be >= 0", p.weight_decay)
+
+
+def _check_eval_and_run(c: ml_collections.ConfigDict, num_devices: int) -> None:
     e = c.eval
     _require(len(e.timesteps) >= 1, "eval.timesteps", "must list at least one T", e.timesteps)
     _require(all(t >= 1 for t in e.timesteps), "eval.timesteps", "must all be >= 1", e.timesteps)
@@ -169,20 +168,22 @@ def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None
         e.batch_size,
     )
     _require(e.every_epochs >= 1, "eval.every_epochs", "must be >= 1", e.every_epochs)
-    _require(
-        c.checkpoint.every_epochs >= 1,
-        "checkpoint.every_epochs",
-        "must be >= 1",
-        c.checkpoint.every_epochs,
-    )
-    _require(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1", c.checkpoint.keep)
+    k = c.checkpoint
+    _require(k.every_epochs >= 1, "checkpoint.every_epochs", "must be >= 1", k.every_epochs)
+    _require(k.keep >= 1, "checkpoint.keep", "must be >= 1", k.keep)
     _require(c.log_every_steps >= 1, "log_every_steps", "must be >= 1", c.log_every_steps)
-    _require(
-        c.distributed.initialize in ("auto", "yes", "no"),
-        "distributed.initialize",
-        "must be 'auto', 'yes' or 'no'",
-        c.distributed.initialize,
-    )
+    mode = c.distributed.initialize
+    _require(mode in INIT_MODES, "distributed.initialize", f"must be one of {INIT_MODES}", mode)
+
+
+def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Value ranges and cross-key constraints."""
+    _check_data_and_model(config)
+    _check_neuron(config.model.neuron)
+    _check_student(config.student)
+    for phase in runs.PHASES:
+        _check_phase(config, phase, num_devices)
+    _check_eval_and_run(config, num_devices)
 
 
 def check_data(config: ml_collections.ConfigDict) -> None:
@@ -201,7 +202,7 @@ def check_data(config: ml_collections.ConfigDict) -> None:
 def check_checkpoints(config: ml_collections.ConfigDict, *, mode: str, workdir: str) -> None:
     """The teacher (modes distill/eval, or an external student.teacher_checkpoint) and the student
     (mode eval) must exist, and the teacher must be the configured architecture."""
-    t_dir = config.student.teacher_checkpoint or os.path.join(workdir, "teacher")
+    t_dir = runs.teacher_dir(config, workdir)
     needs_teacher = mode == "eval" or (mode == "distill" and config.student.method != "ce")
     needs_teacher |= mode == "all" and bool(config.student.teacher_checkpoint)
     if needs_teacher:
@@ -211,11 +212,9 @@ def check_checkpoints(config: ml_collections.ConfigDict, *, mode: str, workdir: 
                 f"no teacher checkpoint in {t_dir!r} (from {key}); train one with --mode teacher "
                 "or point config.student.teacher_checkpoint at a teacher phase directory"
             )
-        path, meta = ckpt_lib.read_meta(t_dir)
-        expected = {"name": config.model.name, "width_mult": float(config.model.width_mult)}
-        ckpt_lib.check_model_meta(path, meta, expected)
+        ckpt_lib.check_model_meta(*ckpt_lib.read_meta(t_dir), runs.expected_model(config))
     if mode == "eval":
-        s_dir = os.path.join(workdir, "student")
+        s_dir = runs.phase_dir(workdir, "student")
         if not ckpt_lib.has_checkpoint(s_dir):
             raise FileNotFoundError(f"no student checkpoint in {s_dir!r}; run --mode distill first")
 
@@ -225,26 +224,22 @@ def check_existing_checkpoints(
 ) -> None:
     """Checkpoints this run would restore must match the configured model and the dataset's class
     count (teacher/student class count mismatch, architecture change between runs)."""
-    dirs = [config.student.teacher_checkpoint or os.path.join(workdir, "teacher")]
+    dirs = [runs.teacher_dir(config, workdir)]
     if mode != "teacher":
-        dirs.append(os.path.join(workdir, "student"))
-    expected = {
-        "name": config.model.name,
-        "width_mult": float(config.model.width_mult),
-        "num_classes": int(num_classes),
-    }
+        dirs.append(runs.phase_dir(workdir, "student"))
     for d in dirs:
         if ckpt_lib.has_checkpoint(d):
-            path, meta = ckpt_lib.read_meta(d)
-            ckpt_lib.check_model_meta(path, meta, expected)
+            ckpt_lib.check_model_meta(
+                *ckpt_lib.read_meta(d), runs.expected_model(config, num_classes)
+            )
 
 
 def validate(
     config: ml_collections.ConfigDict, *, mode: str, workdir: str, num_devices: int
 ) -> None:
     """All checks that need no decoded data; raises ValueError/FileNotFoundError on the first."""
-    if mode not in MODES:
-        raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+    if mode not in runs.MODES:
+        raise ValueError(f"--mode must be one of {runs.MODES}, got {mode!r}")
     if not workdir:
         raise ValueError("--workdir must be set")
     if os.path.exists(workdir) and not os.path.isdir(workdir):

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htakl_jax import checkpoint, config_validation, parallel, train
+from htakl_jax import checkpoint, config_validation, parallel, runs, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -29,7 +29,7 @@ config_flags.DEFINE_config_file(
     lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "all", config_validation.MODES, "What to run.")
+flags.DEFINE_enum("mode", "all", runs.MODES, "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_INVALID, EXIT_NONFINITE, EXIT_PREEMPTED = 1, 2, 143
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
         jax.devices(),
     )
     try:
-        results = train.run(config, workdir, mode=mode)
+        results = train.train_and_evaluate(config, workdir, mode=mode)
     except train.Preempted as e:
         logging.warning("%s; rerun the same command to resume", e)
         sys.exit(EXIT_PREEMPTED)

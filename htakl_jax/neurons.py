@@ -14,7 +14,7 @@ The public functions use a fused ``jax.custom_vjp`` over the whole sequence: the
 ``lax.scan`` that saves only the pre-spike membrane ``h`` ([T, ...], the one array the backward
 needs: spikes are ``h >= v_threshold``), and the backward is one reverse ``lax.scan`` doing BPTT by
 hand (both fully unrolled for T <= 6, where XLA then fuses each into one elementwise pass).
-``_lif_autodiff`` is the plain autodiff-through-scan reference kept for cross-checks.
+:func:`lif_autodiff` is the plain autodiff-through-scan reference kept for cross-checks.
 Gradients flow to ``x_seq`` only; the neuron constants are static Python numbers. Forward-mode
 autodiff (``jax.jvp``) is not supported by the fused path (a ``custom_vjp`` limitation).
 
@@ -35,7 +35,16 @@ import jax.numpy as jnp
 
 from htakl_jax import surrogate as surrogate_lib
 
-__all__ = ["lif", "if_neuron", "LIF", "IF"]
+__all__ = [
+    "IF",
+    "LIF",
+    "MAX_UNROLLED_T",
+    "NeuronConfig",
+    "if_neuron",
+    "lif",
+    "lif_autodiff",
+    "neuron_config",
+]
 
 SpikeFn = Callable[[jax.Array], jax.Array]
 
@@ -43,10 +52,11 @@ _DEFAULT_SURROGATE = surrogate_lib.sigmoid(4.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class _Config:
+class NeuronConfig:
     """Static neuron constants; hashable so it can be a ``nondiff_argnums`` / jit-static argument.
 
-    ``tau=None`` means integrate-and-fire (no leak).
+    ``tau=None`` means integrate-and-fire (no leak). Build it with :func:`neuron_config`, which
+    checks the values.
     """
 
     tau: float | None
@@ -94,7 +104,7 @@ class _Config:
         return grad(h - self.v_threshold)
 
 
-def _make_config(
+def neuron_config(
     *,
     tau: float | None,
     v_threshold: float,
@@ -102,7 +112,14 @@ def _make_config(
     decay_input: bool,
     detach_reset: bool,
     surrogate_fn: SpikeFn,
-) -> _Config:
+) -> NeuronConfig:
+    """The checked constants of one neuron; the one place their rules live.
+
+    Raises ValueError whose message starts with the offending argument's name: ``tau`` must be
+    >= 1 (``tau = 1`` is a memoryless neuron; SpikingJelly's LIFNode asserts ``tau > 1``, so it
+    has no counterpart there), ``v_reset`` below ``v_threshold``, all finite Python numbers.
+    """
+
     def as_float(name: str, value: object) -> float:
         try:
             out = float(value)  # type: ignore[arg-type]
@@ -126,7 +143,9 @@ def _make_config(
             )
     if not callable(surrogate_fn):
         raise ValueError(f"surrogate_fn must be callable, got {surrogate_fn!r}")
-    return _Config(tau, v_threshold, v_reset, bool(decay_input), bool(detach_reset), surrogate_fn)
+    return NeuronConfig(
+        tau, v_threshold, v_reset, bool(decay_input), bool(detach_reset), surrogate_fn
+    )
 
 
 def _check_input(x_seq: jax.Array) -> jax.Array:
@@ -150,15 +169,20 @@ def _check_input(x_seq: jax.Array) -> jax.Array:
 # wins up to T = 8 on the fwd+bwd over [T, 64, 64, 32, 32] (T = 4: 2.1x, T = 6: 1.5x, T = 8:
 # 1.2x faster) and makes the ResNet-19/20 steps 0-10% faster at T = 4 and 6; at T = 12 XLA stops
 # fusing it and it is 1.6x slower than the loop. Longer sequences stay loops.
-_MAX_UNROLLED_T = 6
+MAX_UNROLLED_T = 6
 
 
 def _unroll(num_steps: int) -> bool | int:
-    return True if num_steps <= _MAX_UNROLLED_T else 1
+    return True if num_steps <= MAX_UNROLLED_T else 1
 
 
 def _forward_scan(
-    cfg: _Config, x_seq: jax.Array, *, spikes: bool = True, membrane: bool = True, h: bool = True
+    cfg: NeuronConfig,
+    x_seq: jax.Array,
+    *,
+    spikes: bool = True,
+    membrane: bool = True,
+    h: bool = True,
 ) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None]:
     """(spikes [T, ...], post-reset v [T, ...], pre-spike h [T, ...]); unrequested ones are None."""
 
@@ -174,7 +198,7 @@ def _forward_scan(
 
 
 def _backward_scan(
-    cfg: _Config, h_seq: jax.Array, gs_seq: jax.Array, gv_seq: jax.Array | None
+    cfg: NeuronConfig, h_seq: jax.Array, gs_seq: jax.Array, gv_seq: jax.Array | None
 ) -> jax.Array:
     """Hand BPTT: input cotangent [T, ...] from h [T, ...] and spike / membrane cotangents."""
     a, b = cfg.dh_dv, cfg.dh_dx
@@ -199,19 +223,19 @@ def _backward_scan(
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _lif_fused(cfg: _Config, with_membrane: bool, remat: bool, x_seq: jax.Array):
+def _lif_fused(cfg: NeuronConfig, with_membrane: bool, remat: bool, x_seq: jax.Array):
     s_seq, v_seq, _ = _forward_scan(cfg, x_seq, membrane=with_membrane, h=False)
     return (s_seq, v_seq) if with_membrane else s_seq
 
 
-def _lif_fused_fwd(cfg: _Config, with_membrane: bool, remat: bool, x_seq: jax.Array):
+def _lif_fused_fwd(cfg: NeuronConfig, with_membrane: bool, remat: bool, x_seq: jax.Array):
     s_seq, v_seq, h_seq = _forward_scan(cfg, x_seq, membrane=with_membrane, h=not remat)
     out = (s_seq, v_seq) if with_membrane else s_seq
     # remat: keep x (usually alive upstream anyway) and recompute h in the backward instead.
     return out, (x_seq if remat else h_seq)
 
 
-def _lif_fused_bwd(cfg: _Config, with_membrane: bool, remat: bool, residual, g):
+def _lif_fused_bwd(cfg: NeuronConfig, with_membrane: bool, remat: bool, residual, g):
     if remat:
         h_seq = _forward_scan(cfg, residual, spikes=False, membrane=False)[2]
     else:
@@ -224,13 +248,14 @@ _lif_fused.defvjp(_lif_fused_fwd, _lif_fused_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
-# Reference path: autodiff through lax.scan (tests and benchmarks).
+# Reference path: autodiff through lax.scan.
 
 
-def _lif_autodiff(
-    cfg: _Config, x_seq: jax.Array, *, with_membrane: bool = False, remat: bool = False
+def lif_autodiff(
+    cfg: NeuronConfig, x_seq: jax.Array, *, with_membrane: bool = False, remat: bool = False
 ):
-    """Same outputs as ``_lif_fused`` with JAX differentiating the scan (saves the scan carries)."""
+    """The reference LIF: :func:`lif`'s outputs with JAX differentiating the scan (it saves the
+    scan carries). ``cfg`` from :func:`neuron_config`; for tests and benchmarks."""
 
     def step(v, x):
         h = cfg.charge(v, x)
@@ -283,7 +308,7 @@ def lif(
       spikes ``[T, ...]`` in ``{0, 1}`` with ``x_seq``'s dtype, or ``(spikes, membrane)`` with
       ``return_membrane``.
     """
-    cfg = _make_config(
+    cfg = neuron_config(
         tau=tau,
         v_threshold=v_threshold,
         v_reset=v_reset,
@@ -305,7 +330,7 @@ def if_neuron(
     remat: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Multi-step integrate-and-fire neuron (``h[t] = v[t-1] + x[t]``); otherwise as :func:`lif`."""
-    cfg = _make_config(
+    cfg = neuron_config(
         tau=None,
         v_threshold=v_threshold,
         v_reset=v_reset,

@@ -24,7 +24,11 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from htakl_jax.data.batching import process_slice
+
 DATA_AXIS = "data"
+# When to call jax.distributed.initialize() (the `distributed.initialize` config key).
+INIT_MODES = ("auto", "yes", "no")
 
 # Environment variables that mean "this process is one of several": jax.distributed.initialize()
 # can read its arguments from them (explicitly, or through its cluster auto-detection).
@@ -44,8 +48,8 @@ def maybe_initialize_distributed(
     given or found in the environment (JAX_COORDINATOR_ADDRESS), or when SLURM runs several tasks.
     Must run before any other JAX call that touches devices.
     """
-    if mode not in ("auto", "yes", "no"):
-        raise ValueError(f"distributed.initialize must be 'auto', 'yes' or 'no', got {mode!r}")
+    if mode not in INIT_MODES:
+        raise ValueError(f"distributed.initialize must be one of {INIT_MODES}, got {mode!r}")
     if mode == "no":
         return False
     env_present = any(os.environ.get(k) for k in _DISTRIBUTED_ENV)
@@ -95,31 +99,9 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of `tree` (identical on all processes) fully replicated on `mesh`."""
-    sharding = replicated(mesh)
-
-    def put(x: Any) -> jax.Array:
-        if isinstance(x, jax.Array) and x.sharding == sharding:
-            return x
-        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.device_put(x, sharding)
-        x = np.asarray(x)
-        # make_array_from_callback also works when `mesh` spans devices of other hosts.
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-    return jax.tree.map(put, tree)
-
-
-def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-    """The rows of a global batch that this process loads (its devices' share)."""
-    n_dev = mesh.devices.size
-    if global_batch_size % n_dev:
-        raise ValueError(
-            f"batch size {global_batch_size} is not divisible by the device count {n_dev}"
-        )
-    n_local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-    return global_batch_size // n_dev * n_local
+def local_rows(global_rows: np.ndarray) -> np.ndarray:
+    """This process's contiguous part of the rows [B] of a global batch (`data.process_slice`)."""
+    return process_slice(global_rows, jax.process_index(), jax.process_count())
 
 
 def global_batch(local_tree: Any, mesh: Mesh) -> Any:
@@ -135,7 +117,7 @@ def global_batch(local_tree: Any, mesh: Mesh) -> Any:
 
 # XLA:CPU's memory-optimised instruction scheduler. Its default (concurrency-optimised) scheduler
 # starts every zero-filled lax.scan output buffer (one per LIF and per LIF backward, when T is
-# above neurons._MAX_UNROLLED_T) at the top of the program, so they are all live at once and
+# above neurons.MAX_UNROLLED_T) at the top of the program, so they are all live at once and
 # rematerialisation saves little memory.
 XLA_CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 # XLA:CPU hands convolutions to YNNPACK by default; for this project's 3x3 convolutions its

@@ -37,6 +37,8 @@ __all__ = [
     "triangle",
     "superspike",
     "heaviside",
+    "SURROGATES",
+    "get",
 ]
 
 
@@ -163,3 +165,23 @@ def triangle(alpha: float = 1.0) -> Triangle:
 def superspike(alpha: float = 10.0) -> SuperSpike:
     """Heaviside spike with the SuperSpike / fast-sigmoid surrogate derivative."""
     return SuperSpike(alpha)
+
+
+# The surrogates by name (the `model.neuron.surrogate` config key).
+SURROGATES: dict[str, type[Surrogate]] = {
+    "sigmoid": Sigmoid,
+    "atan": ATan,
+    "rectangle": Rectangle,
+    "triangle": Triangle,
+    "superspike": SuperSpike,
+}
+
+
+def get(name: str, alpha: float) -> Surrogate:
+    """The surrogate registered as ``name`` in :data:`SURROGATES`, with ``alpha``.
+
+    Raises ValueError for an unknown name or an invalid ``alpha``.
+    """
+    if name not in SURROGATES:
+        raise ValueError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}")
+    return SURROGATES[name](alpha)

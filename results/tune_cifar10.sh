@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 grid=${1:-runs/c10}
 tune=${2:-runs/c10_tune}
 cfg=configs/reduced.py:cifar10
-if ! python -c "import sys; from htakl_jax import train; sys.exit(not train.teacher_finished('$grid/teacher'))"; then
+if ! python -c "import sys; from htakl_jax import runs; sys.exit(not runs.teacher_finished('$grid/teacher'))"; then
   python -m htakl_jax.main --config "$cfg" --mode teacher --workdir "$grid"
 fi
 for alpha in 0.5 0.9; do

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from htakl_jax import runs
 from htakl_jax.analysis import ablation, plots, tables, tsne
 from htakl_jax.analysis.firing import spike_stats
 from htakl_jax.energy import LayerMACs, energy_mj, estimate_energy
@@ -244,7 +245,7 @@ def test_csv_and_json_writers(tmp_path):
     with open(tmp_path / "t.csv", newline="") as f:
         got = list(csv.reader(f))
     assert got == [["a", "b", "c"], ["1", "0.5", ""], ["2", "", "x"]]
-    tables.write_json(tmp_path / "t.json", {"rows": rows, "np": np.float32(0.25)})
+    runs.write_json(tmp_path / "t.json", {"rows": rows, "np": np.float32(0.25)})
     with open(tmp_path / "t.json") as f:
         assert json.load(f) == {"rows": rows, "np": 0.25}
 

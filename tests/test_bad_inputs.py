@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from htakl_jax import checkpoint as ckpt_lib
-from htakl_jax import losses, train
+from htakl_jax import losses, runs, steps, train
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "configs" / "quickstart.py")
@@ -84,11 +84,11 @@ def _quickstart():
 
 def _real_teacher(phase_dir: Path, config) -> Path:
     """A finished teacher checkpoint with the configured architecture (random weights)."""
-    model = train.build_model(config, num_classes=10, spiking=False, bn_axis_name=None)
-    tx, _ = train.make_optimizer(config.teacher, steps_per_epoch=1)
-    state = jax.jit(lambda k: train.init_state(model, tx, k, (8, 8, 3)))(jax.random.key(0))
+    model = runs.build_model(config, num_classes=10, spiking=False, bn_axis_name=None)
+    tx, _ = steps.make_optimizer(config.teacher, steps_per_epoch=1)
+    state = jax.jit(lambda k: steps.init_state(model, tx, k, (8, 8, 3)))(jax.random.key(0))
     meta = {"epoch": 1, "finished": True}
-    meta["model"] = train.model_meta(config, num_classes=10, spiking=False)
+    meta["model"] = runs.model_meta(config, num_classes=10, spiking=False)
     ck = ckpt_lib.PhaseCheckpoints(str(phase_dir), async_save=False)
     ck.save(state, meta, best=True)
     ck.close()
@@ -110,7 +110,7 @@ def test_corrupt_teacher_checkpoint_is_named_before_anything_is_written(tmp_path
     before = _snapshot(workdir)
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
         with pytest.raises(ValueError, match=r"no usable checkpoint in .*teacher_run.*best/0"):
-            train.run(config, str(workdir), mode="distill")
+            train.train_and_evaluate(config, str(workdir), mode="distill")
     assert _snapshot(workdir) == before
     assert not (workdir / "student").exists()
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from htakl_jax import checkpoint as ckpt_lib
-from htakl_jax.train import TrainState
+from htakl_jax.steps import TrainState
 
 MODEL = {"name": "resnet20", "width_mult": 0.0625, "num_classes": 10}
 
@@ -80,7 +80,7 @@ def test_restore_variables_only_and_model_check(tmp_path):
     ck.save(state, _meta(0.7), best=True)
     ck.close()
     target = ckpt_lib.abstract_like({"params": state.params, "batch_stats": state.batch_stats})
-    variables, meta = ckpt_lib.restore_variables(phase, target, expected_model=MODEL)
+    variables, meta, _ = ckpt_lib.restore_variables(phase, target, expected_model=MODEL)
     assert set(variables) == {"params", "batch_stats"}
     _assert_trees_equal(variables["params"], state.params)
     _assert_trees_equal(variables["batch_stats"], state.batch_stats)

@@ -8,9 +8,13 @@ import os
 import runpy
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from htakl_jax import experiments
+from htakl_jax import checkpoint as ckpt_lib
+from htakl_jax import experiments, runs
+from htakl_jax.steps import TrainState
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "compare.py"
 
@@ -33,8 +37,17 @@ def fake_accuracy(config) -> float:
     return 0.5 + 0.1 * s.timesteps + 0.01 * config.seed + bonus
 
 
+def write_finished_teacher(workdir: str) -> None:
+    """A (tiny) teacher checkpoint marked finished, as a completed teacher phase leaves one."""
+    zeros = {"w": jnp.zeros(2)}
+    state = TrainState(step=jnp.asarray(3), params=zeros, batch_stats=zeros, opt_state=zeros)
+    ck = ckpt_lib.PhaseCheckpoints(runs.phase_dir(workdir, "teacher"), async_save=False)
+    ck.save(state, {"epoch": 1, "finished": True})
+    ck.close()
+
+
 class FakeTrain:
-    """Stands in for train.run: records calls and writes what train.run would write."""
+    """Stands in for train.train_and_evaluate: records calls and writes what it would write."""
 
     def __init__(self):
         self.calls = []
@@ -42,6 +55,7 @@ class FakeTrain:
     def __call__(self, config, workdir, *, mode):
         self.calls.append((mode, os.path.basename(workdir)))
         if mode == "teacher":
+            write_finished_teacher(workdir)
             return None
         os.makedirs(os.path.join(workdir, "student"), exist_ok=True)
         acc = fake_accuracy(config)
@@ -160,3 +174,40 @@ def test_grid_trains_once_skips_on_rerun_and_resumes(tmp_path):
 def test_stage_is_checked(tmp_path):
     with pytest.raises(ValueError, match="stage"):
         experiments.run_grid(small_config(), str(tmp_path), stage="nope")
+
+
+@pytest.mark.slow
+def test_grid_end_to_end_trains_analyses_and_reports(tmp_path):
+    """A real two-cell grid: the shared teacher and students train, every cell is analysed by
+    the same analysis as `python -m htakl_jax.analysis`, and the report reads those analyses."""
+    cfg = runpy.run_path(str(CONFIG))["get_config"]("quickstart")
+    base = cfg.base
+    base.model.width_mult = 0.0625
+    for phase in (base.teacher, base.student):
+        phase.epochs, phase.batch_size = 1, 256  # 5 steps over the 1437 digits
+    base.eval.timesteps, base.eval.batch_size = (1,), 128
+    cfg.grid.methods, cfg.grid.timesteps, cfg.grid.seeds = ("fkl", "hta_kl"), (1,), (0,)
+    cfg.ablation.head_ratios = ()
+    cfg.analysis.num_examples, cfg.analysis.tsne_examples, cfg.analysis.batch_size = 48, 24, 48
+    workdir = str(tmp_path / "grid")
+    results = experiments.run_grid(cfg, workdir)
+
+    for row in results["rows"]:
+        cell = Path(workdir, "cells", row["cell"])
+        analysis = json.loads((cell / "analysis" / "analysis.json").read_text())
+        cell_results = json.loads((cell / "results.json").read_text())
+        assert analysis["student_accuracy"] == cell_results["student_accuracy"]
+        assert row["firing_rate"] == analysis["firing"]["pre_classifier_rate"]
+        assert row["energy_mj"] == analysis["energy"]["student"]["energy_mj"] > 0
+        with np.load(cell / "analysis" / "tsne_features.npz") as z:
+            assert z["teacher"].shape[0] == z["student"].shape[0] == len(z["labels"]) == 24
+    labels = [r[0] for r in results["table3"]["rows"]]
+    assert labels == ["Teacher ANN", "FKL", "HTA-KL"]
+    for name in ("accuracy_vs_T.png", "firing_rates.png", "tsne.png", "hta_kl_weights.png"):
+        assert Path(workdir, "plots", name).read_bytes()[:4] == b"\x89PNG", name
+    assert "| HTA-KL | resnet20 |" in Path(workdir, "table1.md").read_text()
+
+    # Rerun: teacher, cells and analyses are all done; only the report is written again.
+    fake = FakeTrain()
+    again = experiments.run_grid(cfg, workdir, train_fn=fake)
+    assert fake.calls == [] and again["rows"] == results["rows"]

@@ -14,8 +14,8 @@ import optax
 import pytest
 
 from htakl_jax import checkpoint as ckpt_lib
-from htakl_jax import data, parallel, train
-from htakl_jax.train import TrainState
+from htakl_jax import data, parallel, runs, steps, train
+from htakl_jax.steps import TrainState
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"name": "resnet20", "width_mult": 0.0625, "num_classes": 10}
@@ -155,9 +155,7 @@ def test_read_meta_and_restore_variables_skip_a_damaged_best(tmp_path):
         {"params": _state(0, 0).params, "batch_stats": _state(0, 0).batch_stats}
     )
     with pytest.warns(UserWarning, match=r"skipping unreadable checkpoint .*best/20"):
-        variables, meta, path = ckpt_lib.restore_variables_from(
-            str(phase), target, expected_model=MODEL
-        )
+        variables, meta, path = ckpt_lib.restore_variables(str(phase), target, expected_model=MODEL)
     assert path.endswith(os.path.join(ckpt_lib.LATEST_DIR, "20"))  # same state, latest copy
     np.testing.assert_array_equal(
         np.asarray(variables["params"]["dense"]["kernel"]),
@@ -183,8 +181,8 @@ def tiny():
     config.eval.batch_size = 32
     config.log_every_steps = 2
     images, labels, info = data.load_split("digits", "train")
-    train_ds = train.Dataset(images[:64], labels[:64])
-    eval_ds = train.Dataset(images[64:96], labels[64:96])
+    train_ds = runs.Dataset(images[:64], labels[:64])
+    eval_ds = runs.Dataset(images[64:96], labels[64:96])
     return config, info, train_ds, eval_ds, parallel.make_mesh()
 
 
@@ -192,8 +190,10 @@ def _train(tiny, workdir: Path, seed: int):
     config, info, train_ds, eval_ds, mesh = tiny
     config = config.copy_and_resolve_references()
     config.seed = seed
+    # A program built afresh for every run: nothing carries over between runs but the config.
+    program = steps.phase_program("teacher", config, mesh=mesh, info=info, num_train=len(train_ds))
     meta = train.train_phase(
-        "teacher", config, str(workdir), mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info
+        program, config, str(workdir), mesh=mesh, train_ds=train_ds, eval_ds=eval_ds
     )
     state = kill_resume.final_state(workdir)
     metrics = (workdir / "teacher" / "metrics.jsonl").read_text().splitlines()

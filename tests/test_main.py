@@ -14,7 +14,7 @@ import pytest
 
 from htakl_jax import checkpoint as ckpt_lib
 from htakl_jax import config_validation as cv
-from htakl_jax.train import TrainState
+from htakl_jax.steps import TrainState
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "configs" / "quickstart.py")
@@ -60,12 +60,21 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         ("model.remat", "blocks", "config.model.remat must be one of"),
         ("data.name", "mnist", "config.data.name must be one of"),
         ("teacher.epochs", 0, "config.teacher.epochs must be >= 1"),
+        # The neuron's own rules (neurons.neuron_config), named by their config key:
+        ("model.neuron.tau", 0.5, r"config.model.neuron.tau must be >= 1"),
+        ("model.neuron.v_reset", 1.5, r"config.model.neuron.v_reset \(1.5\) must be below"),
+        ("model.neuron.surrogate", "relu", "config.model.neuron.surrogate .*unknown surrogate"),
+        ("model.neuron.surrogate_alpha", -1.0, "surrogate_alpha: .*alpha must be a finite"),
+        ("distributed.initialize", "maybe", "config.distributed.initialize must be one of"),
     ],
 )
 def test_each_bad_value_is_named(tmp_path, key, value, message):
     config = _config()
-    section, name = key.split(".")
-    config[section][name] = value
+    *sections, name = key.split(".")
+    parent = config
+    for section in sections:
+        parent = parent[section]
+    parent[name] = value
     with pytest.raises(ValueError, match=message):
         _validate(config, tmp_path)
     assert not (tmp_path / "work").exists()

@@ -350,35 +350,34 @@ def test_remat_modes():
     assert tiny("resnet20", True).remat_blocks is False
     block = tiny("resnet20", True, remat="block")
     assert block.remat_blocks and "remat" not in dict(block.neuron_kwargs)
-    for neuron in (tiny("resnet20", True, remat="neuron"), tiny("resnet20", True, remat=True)):
-        assert not neuron.remat_blocks and dict(neuron.neuron_kwargs)["remat"] is True
-    with pytest.raises(ValueError, match="remat must be one of"):
-        tiny("resnet20", True, remat="blocks")
+    neuron = tiny("resnet20", True, remat="neuron")
+    assert not neuron.remat_blocks and dict(neuron.neuron_kwargs)["remat"] is True
+    for bad in ("blocks", True):
+        with pytest.raises(ValueError, match="remat must be one of"):
+            tiny("resnet20", True, remat=bad)
 
 
 def test_config_remat_key_drives_the_model():
-    from htakl_jax.train import build_model, step_compiler_options
+    from htakl_jax.runs import build_model
+    from htakl_jax.steps import step_compiler_options
 
     config = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "default.py"))[
         "get_config"
     ]()
     assert config.model.remat == "none"
     assert not build_model(config, num_classes=C, spiking=True).remat_blocks
-    for spiking in (False, True):
-        assert step_compiler_options(config, spiking=spiking) == parallel.cpu_compiler_options()
-    config.model.neuron.remat = True  # the older neuron flag still works
+    assert step_compiler_options(config) == parallel.cpu_compiler_options()
+    config.model.remat = "neuron"
     assert dict(build_model(config, num_classes=C, spiking=True).neuron_kwargs)["remat"] is True
     memory = parallel.cpu_compiler_options(memory_schedule=True)
-    assert step_compiler_options(config, spiking=True) == memory  # the student rematerialises
-    assert step_compiler_options(config, spiking=False) == parallel.cpu_compiler_options()
+    assert step_compiler_options(config) == memory  # the student rematerialises
     config.model.remat = "block"
     assert build_model(config, num_classes=C, spiking=True).remat_blocks
     assert build_model(config, num_classes=C, spiking=False).remat_blocks
     # With remat on, the CPU steps use the memory-optimised schedule (test_parallel checks it).
-    for spiking in (False, True):
-        options = step_compiler_options(config, spiking=spiking)
-        assert options == parallel.cpu_compiler_options(memory_schedule=True)
-        assert options.items() >= parallel.XLA_CPU_MEMORY_SCHEDULER.items()
+    options = step_compiler_options(config)
+    assert options == memory
+    assert options.items() >= parallel.XLA_CPU_MEMORY_SCHEDULER.items()
 
 
 # resnet20 covers the BasicBlock (shared with resnet19) and the stand-alone stem conv units,

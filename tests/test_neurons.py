@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from htakl_jax import neurons, surrogate
-from htakl_jax.neurons import _lif_autodiff, _make_config
+from htakl_jax.neurons import lif_autodiff, neuron_config
 
-SHAPE = (4, 3, 5)  # [T, B, N]; T <= neurons._MAX_UNROLLED_T: the fully unrolled scans
-LOOP_SHAPE = (neurons._MAX_UNROLLED_T + 3, 3, 5)  # long enough to run as lax.scan loops
+SHAPE = (4, 3, 5)  # [T, B, N]; T <= neurons.MAX_UNROLLED_T: the fully unrolled scans
+LOOP_SHAPE = (neurons.MAX_UNROLLED_T + 3, 3, 5)  # long enough to run as lax.scan loops
 SURROGATES = {
     "sigmoid": surrogate.sigmoid(4.0),
     "atan": surrogate.atan(2.0),
@@ -120,7 +120,7 @@ def _fused_and_autodiff(tau, v_reset, decay_input, detach_reset, spike, remat):
         fused = functools.partial(neurons.if_neuron, **kw)
     else:
         fused = functools.partial(neurons.lif, tau=tau, decay_input=decay_input, **kw)
-    cfg = _make_config(
+    cfg = neuron_config(
         tau=tau,
         v_threshold=V_TH,
         v_reset=v_reset,
@@ -133,7 +133,7 @@ def _fused_and_autodiff(tau, v_reset, decay_input, detach_reset, spike, remat):
         (s, v), vjp_m = jax.vjp(lambda x: fused(x, return_membrane=True), x)
         s_only, vjp_s = jax.vjp(fused, x)
         (s_a, v_a), vjp_a = jax.vjp(
-            lambda x: _lif_autodiff(cfg, x, with_membrane=True, remat=remat), x
+            lambda x: lif_autodiff(cfg, x, with_membrane=True, remat=remat), x
         )
         return dict(
             s=s,
@@ -215,7 +215,7 @@ def test_if_matches_float64_reference(reset, detach_reset, surrogate_name):
 @pytest.mark.parametrize("detach_reset", [False, True], ids=["attached", "detached"])
 @pytest.mark.parametrize("reset", list(RESETS))
 def test_scan_loop_path_matches_float64_reference(reset, detach_reset, surrogate_name):
-    """Sequences longer than _MAX_UNROLLED_T run as scan loops, not the unrolled fused pass."""
+    """Sequences longer than MAX_UNROLLED_T run as scan loops, not the unrolled fused pass."""
     v_reset = RESETS[reset]
     _check_against_reference(
         2.0, v_reset, True, detach_reset, surrogate_name, seed=3, shape=LOOP_SHAPE

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from htakl_jax import data, losses, neurons, parallel, train
+from htakl_jax import data, losses, neurons, parallel, runs, steps
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 8  # global batch: 2 examples per device on the 4-device mesh
@@ -27,7 +27,7 @@ def setup():
         (images[i * BATCH : (i + 1) * BATCH], labels[i * BATCH : (i + 1) * BATCH]) for i in (0, 1)
     ]
     config.student.lr = config.teacher.lr = 0.005
-    tx, _ = train.make_optimizer(config.teacher, steps_per_epoch=10)
+    tx, _ = steps.make_optimizer(config.teacher, steps_per_epoch=10)
     meshes = {n: parallel.make_mesh(jax.devices()[:n]) for n in (1, 4)}
     return config, info, batches, tx, meshes
 
@@ -49,13 +49,13 @@ def _assert_trees_close(a, b, tol):
 
 
 def _init(model, tx, seed):
-    init = functools.partial(train.init_state, model, tx, image_shape=(8, 8, 3))
+    init = functools.partial(steps.init_state, model, tx, image_shape=(8, 8, 3))
     return jax.jit(init)(jax.random.key(seed))
 
 
 def _run(step_fn, state, extra, batches, mesh):
-    state = parallel.replicate(state, mesh)
-    extra = tuple(parallel.replicate(e, mesh) for e in extra)
+    # From host copies: the step donates the state, and callers reuse theirs for other meshes.
+    state, extra = jax.device_put(jax.device_get((state, extra)), parallel.replicated(mesh))
     metrics = []
     for images, labels in batches:
         state, m = step_fn(state, *extra, *parallel.global_batch((images, labels), mesh))
@@ -81,7 +81,7 @@ def _plain_step(model, tx, info, loss_fn):
 
         (loss, bs), grads = jax.value_and_grad(f, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = train.TrainState(
+        new = steps.TrainState(
             state.step + 1, optax.apply_updates(state.params, updates), bs, opt_state
         )
         return new, loss
@@ -91,14 +91,14 @@ def _plain_step(model, tx, info, loss_fn):
 
 def test_teacher_step_sharded_equals_single_device_and_plain(setup):
     config, info, batches, tx, meshes = setup
-    model = train.build_model(config, num_classes=10, spiking=False)
+    model = runs.build_model(config, num_classes=10, spiking=False)
     state0 = _init(model, tx, 0)
     results = {}
     for n, mesh in meshes.items():
-        step = train.compile_teacher_step(model, tx, mesh, config, info)
+        step = steps.compile_teacher_step(model, tx, mesh, config, info)
         results[n] = _run(step, state0, (), batches, mesh)
 
-    ref_model = train.build_model(config, num_classes=10, spiking=False, bn_axis_name=None)
+    ref_model = runs.build_model(config, num_classes=10, spiking=False, bn_axis_name=None)
     ref_step = _plain_step(
         ref_model, tx, info, lambda out, x, y: jnp.mean(losses.cross_entropy(out, y))
     )
@@ -122,16 +122,16 @@ def test_teacher_step_sharded_equals_single_device_and_plain(setup):
 
 def test_distill_step_sharded_equals_single_device(setup):
     config, info, batches, tx, meshes = setup
-    student = train.build_model(config, num_classes=10, spiking=True)
-    teacher = train.build_model(config, num_classes=10, spiking=False)
+    student = runs.build_model(config, num_classes=10, spiking=True)
+    teacher = runs.build_model(config, num_classes=10, spiking=False)
     state0 = _init(student, tx, 0)
     t_vars = _init(teacher, tx, 1).variables
     results = {}
     for n, mesh in meshes.items():
-        step = train.compile_distill_step(student, teacher, tx, mesh, config, info)
+        step = steps.compile_distill_step(student, teacher, tx, mesh, config, info)
         results[n] = _run(step, state0, (t_vars,), batches, mesh)
 
-    assert train.loss_kwargs_from(config)["method"] == "hta_kl"
+    assert steps.loss_kwargs_from(config)["method"] == "hta_kl"
     (state1, _), (state4, m4) = results[1], results[4]
     _assert_close(state4, state1)
     assert set(m4[0]) == {"loss", "accuracy", "ce", "kd", "w_head", "w_tail"}
@@ -141,7 +141,7 @@ def test_distill_step_sharded_equals_single_device(setup):
 def test_augmentation_is_device_count_invariant_and_varies_per_step():
     images = np.random.default_rng(0).integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
     prep = functools.partial(
-        train.preprocess, seed=3, stream=0, pad=2, flip=True, mean=(0.0,) * 3, std=(1.0,) * 3
+        steps.preprocess, seed=3, stream=0, pad=2, flip=True, mean=(0.0,) * 3, std=(1.0,) * 3
     )
 
     def outputs(n, step):
@@ -164,16 +164,14 @@ def test_augmentation_is_device_count_invariant_and_varies_per_step():
     )
 
 
-def test_global_batch_and_local_batch_size():
+def test_global_batch_and_mesh():
     mesh = parallel.make_mesh()
     assert mesh.axis_names == (parallel.DATA_AXIS,) and mesh.size == jax.device_count() == 4
     x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
     g = parallel.global_batch(x, mesh)
     assert g.shape == (8, 3) and g.sharding.spec == jax.sharding.PartitionSpec("data")
     np.testing.assert_array_equal(np.asarray(g), x)
-    assert parallel.local_batch_size(8, mesh) == 8  # one process holds all 4 devices
-    with pytest.raises(ValueError, match="not divisible by the device count 4"):
-        parallel.local_batch_size(6, mesh)
+    np.testing.assert_array_equal(parallel.local_rows(np.arange(8)), np.arange(8))  # 1 process
     with pytest.raises(ValueError, match="empty"):
         parallel.make_mesh([])
 
@@ -197,7 +195,7 @@ def test_maybe_initialize_distributed_off_without_environment(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     assert parallel.maybe_initialize_distributed("auto") is False
     assert parallel.maybe_initialize_distributed("no") is False
-    with pytest.raises(ValueError, match="'auto', 'yes' or 'no'"):
+    with pytest.raises(ValueError, match=r"one of \('auto', 'yes', 'no'\)"):
         parallel.maybe_initialize_distributed("maybe")
 
 
@@ -215,7 +213,7 @@ def test_memory_scheduler_option_reaches_xla_and_lowers_peak_memory():
         return jax.lax.pmean(jax.grad(loss)(w, x), "data")
 
     mesh = parallel.make_mesh(jax.devices()[:1])
-    w, x = jnp.full((32, 32), 0.1), jnp.ones((neurons._MAX_UNROLLED_T + 2, 64, 32))
+    w, x = jnp.full((32, 32), 0.1), jnp.ones((neurons.MAX_UNROLLED_T + 2, 64, 32))
     temp = {}
     for name, options in (("default", None), ("memory", parallel.XLA_CPU_MEMORY_SCHEDULER)):
         fn = parallel.data_parallel(

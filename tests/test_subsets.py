@@ -1,4 +1,4 @@
-"""Class-balanced train / hold-out subsets (htakl_jax.data.subsets) and train.load_data."""
+"""Class-balanced train / hold-out subsets (htakl_jax.data.subsets) and runs.load_data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from htakl_jax import config_validation, data, train
+from htakl_jax import config_validation, data, runs
 from htakl_jax.data.subsets import balanced_split, per_class_counts
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -74,7 +74,7 @@ def _digits_config(**data_overrides):
 def test_load_data_trains_on_the_subset_and_evaluates_on_the_hold_out():
     full_images, full_labels, _ = data.load_split("digits", "train")
     config = _digits_config(train_examples=200, validation_examples=100, eval_on_validation=True)
-    train_ds, eval_ds, info = train.load_data(config)
+    train_ds, eval_ds, info = runs.load_data(config)
     assert info.num_classes == 10 and len(train_ds) == 200 and len(eval_ds) == 100
     np.testing.assert_array_equal(np.bincount(train_ds.labels, minlength=10), [20] * 10)
     np.testing.assert_array_equal(np.bincount(eval_ds.labels, minlength=10), [10] * 10)
@@ -89,7 +89,7 @@ def test_load_data_trains_on_the_subset_and_evaluates_on_the_hold_out():
 
 def test_load_data_without_eval_on_validation_uses_the_test_split():
     _, test_labels, _ = data.load_split("digits", "test")
-    train_ds, eval_ds, _ = train.load_data(_digits_config(validation_examples=100))
+    train_ds, eval_ds, _ = runs.load_data(_digits_config(validation_examples=100))
     np.testing.assert_array_equal(eval_ds.labels, test_labels)
     full = len(data.load_split("digits", "train")[1])
     assert len(train_ds) == full - 100  # the hold-out is never trained on

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from htakl_jax import checkpoint as ckpt_lib
-from htakl_jax import data, parallel, train
+from htakl_jax import data, parallel, runs, steps, train
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, BATCH = 64, 16  # 4 steps per epoch, 4 examples per device
@@ -28,36 +28,23 @@ def setup():
     config.log_every_steps = 3
     images, labels, info = data.load_split("digits", "train")
     test_images, test_labels, _ = data.load_split("digits", "test")
-    train_ds = train.Dataset(images[:N_TRAIN], labels[:N_TRAIN])
-    eval_ds = train.Dataset(test_images[:40], test_labels[:40])  # 40: a padded last eval batch
-    return config, info, train_ds, eval_ds, parallel.make_mesh()
+    train_ds = runs.Dataset(images[:N_TRAIN], labels[:N_TRAIN])
+    eval_ds = runs.Dataset(test_images[:40], test_labels[:40])  # 40: a padded last eval batch
+    mesh = parallel.make_mesh()
+    # Built once and shared by every run below, as one training run shares it between phases.
+    program = steps.phase_program("teacher", config, mesh=mesh, info=info, num_train=N_TRAIN)
+    return config, program, train_ds, eval_ds, mesh
 
 
 def _teacher(setup, workdir, **kw):
-    config, info, train_ds, eval_ds, mesh = setup
+    config, program, train_ds, eval_ds, mesh = setup
     return train.train_phase(
-        "teacher",
-        config,
-        str(workdir),
-        mesh=mesh,
-        train_ds=train_ds,
-        eval_ds=eval_ds,
-        info=info,
-        **kw,
+        program, config, str(workdir), mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, **kw
     )
 
 
 def _latest(setup, workdir):
-    config, info, train_ds, _, mesh = setup
-    program = train._phase_program(
-        "teacher",
-        config.to_json(sort_keys=True),
-        info.num_classes,
-        len(train_ds) // BATCH,
-        tuple(train_ds.images.shape[1:]),
-        train._stats(info),
-        mesh,
-    )
+    _, program, _, _, mesh = setup
     abstract = ckpt_lib.abstract_like(
         jax.eval_shape(program.init_fn, jax.random.key(0)), parallel.replicated(mesh)
     )
@@ -136,15 +123,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path, monkeypa
 
 
 def test_train_phase_rejects_bad_arguments(setup, tmp_path):
-    config, info, train_ds, eval_ds, mesh = setup
+    config, program, train_ds, eval_ds, mesh = setup
     with pytest.raises(ValueError, match="phase must be one of"):
-        train.train_phase(
-            "pupil", config, str(tmp_path), mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info
-        )
-    small = train.Dataset(train_ds.images[:8], train_ds.labels[:8])
+        steps.phase_program("pupil", config, mesh=mesh, info=None, num_train=N_TRAIN)
+    small = runs.Dataset(train_ds.images[:8], train_ds.labels[:8])
     with pytest.raises(ValueError, match="teacher.batch_size 16 exceeds the 8 training images"):
         train.train_phase(
-            "teacher", config, str(tmp_path), mesh=mesh, train_ds=small, eval_ds=eval_ds, info=info
+            program, config, str(tmp_path), mesh=mesh, train_ds=small, eval_ds=eval_ds
         )
     assert not os.path.exists(tmp_path / "teacher")
 
@@ -152,7 +137,7 @@ def test_train_phase_rejects_bad_arguments(setup, tmp_path):
 def test_optimizer_decays_only_kernels_and_follows_cosine():
     cfg = runpy.run_path(str(ROOT / "configs" / "default.py"))["get_config"]().teacher
     cfg.lr, cfg.weight_decay, cfg.epochs, cfg.momentum = 0.5, 0.1, 2, 0.9
-    tx, schedule = train.make_optimizer(cfg, steps_per_epoch=5)
+    tx, schedule = steps.make_optimizer(cfg, steps_per_epoch=5)
     params = {
         "conv": {"kernel": jnp.full((2, 2), 2.0)},
         "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
@@ -168,11 +153,11 @@ def test_optimizer_decays_only_kernels_and_follows_cosine():
     )
 
     cfg.warmup_epochs = 1
-    _, warm = train.make_optimizer(cfg, steps_per_epoch=5)
+    _, warm = steps.make_optimizer(cfg, steps_per_epoch=5)
     np.testing.assert_allclose([warm(0), warm(5), warm(10)], [0.0, 0.5, 0.0], atol=1e-7)
     # Momentum: the second update with a constant gradient g is -lr_1 * (1 + 0.9) * g.
     cfg.weight_decay, cfg.warmup_epochs = 0.0, 0
-    tx, schedule = train.make_optimizer(cfg, steps_per_epoch=5)
+    tx, schedule = steps.make_optimizer(cfg, steps_per_epoch=5)
     g = {"w": jnp.ones(())}
     state = tx.init(g)
     _, state = tx.update(g, state, g)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,13 +11,7 @@ from matplotlib.figure import Figure
 
 from htakl_jax.analysis.plots import new_figure, save
 
-__all__ = ["plot_ratio_sweep", "plot_weight_trajectory", "read_metrics", "weight_trajectory"]
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a ``metrics.jsonl`` (train.py writes one JSON object per line)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+__all__ = ["plot_ratio_sweep", "plot_weight_trajectory", "weight_trajectory"]
 
 
 def weight_trajectory(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:

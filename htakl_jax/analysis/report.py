@@ -1,13 +1,16 @@
-"""Analysis of one trained workdir (``python -m htakl_jax.main ... --workdir DIR``).
+"""Analysis of one trained workdir: firing rates, synaptic operations and energy, t-SNE features.
 
-``analyze_workdir(DIR)`` restores the best teacher and student checkpoints, runs the student over a
-fixed evaluation subset and writes ``DIR/analysis/``:
+`analyze(run)` computes (no files written) a :class:`RunAnalysis` of a restored run
+(`htakl_jax.runs.load_trained`); `write_analysis` writes it; `analyze_workdir` does both, for
+``python -m htakl_jax.analysis --workdir DIR`` and for every cell of a grid
+(``htakl_jax.experiments``). Files in ``DIR/analysis/``:
 
 - ``analysis.json``: firing rates (overall, before the classifier, per layer), per-image OPs / ACs /
   MACs / energy of student and teacher, accuracies from ``DIR/results.json`` when present;
 - ``energy.md`` (Table III layout), ``energy_layers.csv`` (per-layer counts), ``firing_rates.csv``;
-- ``accuracy.md`` (student accuracy at each evaluated T, teacher accuracy);
-- ``firing_rates.png`` and ``tsne.png`` (teacher vs student penultimate features).
+- ``accuracy.md`` (student accuracy at each evaluated T, teacher accuracy), with results.json;
+- ``tsne_features.npz`` (labels, teacher and student penultimate features of the t-SNE examples);
+- with ``plots``: ``firing_rates.png`` and ``tsne.png`` (teacher vs student features).
 
 Analysis runs on one device of this process (it is a few forward passes).
 """
@@ -19,12 +22,10 @@ import json
 import os
 from typing import Any
 
-import jax
-import ml_collections
 import numpy as np
 
 from htakl_jax import data as data_lib
-from htakl_jax import parallel, train
+from htakl_jax import runs
 from htakl_jax.analysis import tables
 from htakl_jax.analysis.firing import SpikeStats, rates_table, spike_stats
 from htakl_jax.analysis.plots import plot_firing_rates
@@ -32,77 +33,40 @@ from htakl_jax.analysis.tsne import penultimate_features, plot_tsne
 from htakl_jax.energy import E_AC_PJ, E_MAC_PJ, EnergyEstimate, count_macs, estimate_energy
 
 __all__ = [
-    "TrainedRun",
+    "ANALYSIS_DIR",
+    "RunAnalysis",
+    "analyze",
     "analyze_workdir",
     "energy_summary",
     "eval_subset",
-    "load_config",
-    "load_run",
-    "run_analysis",
+    "write_analysis",
 ]
 
 ANALYSIS_DIR = "analysis"
+SUMMARY_FILE = "analysis.json"
+FEATURES_FILE = "tsne_features.npz"
 
 
 @dataclasses.dataclass
-class TrainedRun:
-    """A restored experiment: models (no cross-device BN axis), best variables, uint8 eval split."""
+class RunAnalysis:
+    """What `analyze` computes: a JSON-ready `summary`, the student's spike statistics, and the
+    penultimate features [n, D] of teacher and student on the t-SNE examples (labels [n])."""
 
-    workdir: str
-    config: ml_collections.ConfigDict
-    info: Any
-    teacher: Any
-    teacher_variables: Any
-    student: Any
-    student_variables: Any
-    eval_images: np.ndarray
-    eval_labels: np.ndarray
+    summary: dict[str, Any]
+    stats: SpikeStats
+    labels: np.ndarray
+    teacher_features: np.ndarray
+    student_features: np.ndarray
 
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with (``WORKDIR/config.json``, written by ``train.run``)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def load_run(
-    workdir: str,
-    config: ml_collections.ConfigDict | None = None,
-    *,
-    eval_data: tuple[np.ndarray, np.ndarray, Any] | None = None,
-) -> TrainedRun:
-    """Restores the best teacher and student of ``workdir`` and loads the eval split.
-
-    ``eval_data``: an already loaded ``(images, labels, info)`` of the eval split, to share it
-    between runs on the same data.
-    """
-    config = load_config(workdir) if config is None else config
-    if eval_data is None:
-        eval_data = train.load_eval_data(config)
-    images, labels, info = eval_data
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    models = {}
-    for phase, spiking in (("teacher", False), ("student", True)):
-        model = train.build_model(
-            config, num_classes=info.num_classes, spiking=spiking, bn_axis_name=None
-        )
-        phase_dir = (
-            train.teacher_dir(config, workdir)
-            if phase == "teacher"
-            else os.path.join(workdir, phase)
-        )
-        variables, _, _ = train.restore_for_eval(
-            phase_dir, model, config, info, mesh, spiking=spiking
-        )
-        models[phase] = (model, variables)
-    return TrainedRun(workdir, config, info, *models["teacher"], *models["student"], images, labels)
+    @property
+    def label(self) -> str:
+        """The student's display name, e.g. ``"HTA-KL T=2"``."""
+        s = self.summary
+        return f"{tables.method_label(s['method'], s['head_ratio'])} T={self.stats.timesteps}"
 
 
 def eval_subset(
-    run: TrainedRun, num_examples: int, *, seed: int = 0
+    run: runs.TrainedRun, num_examples: int, *, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """A fixed random subset (sorted indices from ``seed``) of the eval split: normalised float32
     images ``[n, H, W, 3]`` and labels ``[n]``; ``n = min(num_examples, split size)``."""
@@ -121,26 +85,38 @@ def energy_summary(estimate: EnergyEstimate) -> dict[str, Any]:
     return out
 
 
-def run_analysis(
-    run: TrainedRun,
-    images_NHWC: np.ndarray,
+def _accuracies(workdir: str) -> dict[str, Any]:
+    path = os.path.join(workdir, runs.RESULTS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        results = json.load(f)
+    return {k: results[k] for k in ("teacher_accuracy", "student_accuracy")}
+
+
+def analyze(
+    run: runs.TrainedRun,
     *,
+    num_examples: int = 1024,
     timesteps: int | None = None,
     batch_size: int = 256,
+    tsne_examples: int = 500,
     e_ac_pj: float = E_AC_PJ,
     e_mac_pj: float = E_MAC_PJ,
-) -> tuple[SpikeStats, dict[str, Any]]:
-    """Spike statistics of the student on ``images_NHWC`` and a JSON-ready summary with the
-    firing rates and the energy of student (at ``timesteps``, default the trained T) and teacher."""
+    seed: int = 0,
+) -> RunAnalysis:
+    """Firing rates and energy of the student (at ``timesteps``, default the trained T) and the
+    teacher on ``num_examples`` eval images (`eval_subset` with ``seed``), and the penultimate
+    features of both on the first ``tsne_examples`` of them."""
+    images, labels = eval_subset(run, num_examples, seed=seed)
     t = int(timesteps or run.config.student.timesteps)
     stats = spike_stats(
-        run.student, run.student_variables, images_NHWC, timesteps=t, batch_size=batch_size
+        run.student, run.student_variables, images, timesteps=t, batch_size=batch_size
     )
-    student_energy = estimate_energy(
-        stats.layers, stats.input_rates(), t, e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj
-    )
-    teacher_records = count_macs(run.teacher, tuple(images_NHWC.shape[1:]))
-    teacher_energy = estimate_energy(teacher_records, {}, 1, e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
+    energy = dict(e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
+    student_energy = estimate_energy(stats.layers, stats.input_rates(), t, **energy)
+    teacher_records = count_macs(run.teacher, tuple(images.shape[1:]))
+    teacher_energy = estimate_energy(teacher_records, {}, 1, **energy)
     s = run.config.student
     summary = {
         "workdir": run.workdir,
@@ -155,11 +131,20 @@ def run_analysis(
             "student": energy_summary(student_energy),
             "teacher": energy_summary(teacher_energy),
         },
-    }
-    return stats, summary
+    } | _accuracies(run.workdir)
+    n = min(tsne_examples, len(labels))
+    features = [np.zeros((0, 0), np.float32)] * 2
+    if n > 0:
+        kw = dict(batch_size=batch_size)
+        features = [
+            penultimate_features(run.teacher, run.teacher_variables, images[:n], **kw),
+            penultimate_features(run.student, run.student_variables, images[:n], timesteps=t, **kw),
+        ]
+    return RunAnalysis(summary, stats, labels[:n], *features)
 
 
-def _energy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def energy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Teacher and student rows of the energy table (`tables.table3`) of one analysis."""
     arch = summary["architecture"]
     rows = []
     for who, method, rate in (
@@ -182,69 +167,78 @@ def _energy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Teacher and student accuracy (%) at each evaluated T, or None without results.json."""
+    if "student_accuracy" not in summary:
+        return None
+    acc = summary["student_accuracy"]
+    headers = ["Model", "Architecture"] + [f"T={t}" for t in acc]
+    teacher = f"{100 * summary['teacher_accuracy']:.2f}"
+    label = tables.method_label(summary["method"], summary["head_ratio"])
+    rows = [
+        ["Teacher ANN", summary["architecture"], teacher] + ["-"] * (len(acc) - 1),
+        [label, summary["architecture"]] + [f"{100 * a:.2f}" for a in acc.values()],
+    ]
+    return headers, rows
+
+
+def write_analysis(
+    analysis: RunAnalysis, out_dir: str, *, plots: bool = True, tsne_perplexity: float = 30.0
+) -> None:
+    """Writes `analysis` into ``out_dir`` (see the module docstring); figures with ``plots``."""
+    os.makedirs(out_dir, exist_ok=True)
+    summary = analysis.summary
+    accuracy = accuracy_table(summary)
+    if accuracy is not None:
+        with open(os.path.join(out_dir, "accuracy.md"), "w") as f:
+            f.write(tables.markdown_table(*accuracy))
+    with open(os.path.join(out_dir, "energy.md"), "w") as f:
+        f.write(tables.markdown_table(*tables.table3(energy_rows(summary))))
+    layers = summary["energy"]["student"]["layers"]
+    tables.write_csv(os.path.join(out_dir, "energy_layers.csv"), layers)
+    tables.write_csv(os.path.join(out_dir, "firing_rates.csv"), rates_table(analysis.stats))
+    if len(analysis.labels):
+        np.savez(
+            os.path.join(out_dir, FEATURES_FILE),
+            labels=analysis.labels,
+            teacher=analysis.teacher_features,
+            student=analysis.student_features,
+        )
+    # Last: its presence marks a complete analysis (a grid skips cells that have one).
+    runs.write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
+    if not plots:
+        return
+    plot_firing_rates(
+        {analysis.label: analysis.stats.layer_rates()}, os.path.join(out_dir, "firing_rates.png")
+    )
+    if len(analysis.labels):
+        features = {
+            "Teacher ANN": analysis.teacher_features,
+            analysis.label: analysis.student_features,
+        }
+        plot_tsne(
+            features, analysis.labels, os.path.join(out_dir, "tsne.png"), perplexity=tsne_perplexity
+        )
+
+
 def analyze_workdir(
     workdir: str,
     out_dir: str | None = None,
     *,
-    num_examples: int = 512,
-    timesteps: int | None = None,
-    batch_size: int = 256,
-    tsne_examples: int = 500,
+    eval_data: tuple[runs.Dataset, Any] | None = None,
+    plots: bool = True,
     tsne_perplexity: float = 30.0,
-    e_ac_pj: float = E_AC_PJ,
-    e_mac_pj: float = E_MAC_PJ,
-    seed: int = 0,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Writes the analysis of a trained workdir into ``out_dir`` (default ``WORKDIR/analysis``)
-    and returns its summary (see the module docstring). ``tsne_examples=0`` skips the t-SNE."""
-    run = load_run(workdir)
-    out_dir = out_dir or os.path.join(workdir, ANALYSIS_DIR)
-    os.makedirs(out_dir, exist_ok=True)
-    images, labels = eval_subset(run, num_examples, seed=seed)
-    stats, summary = run_analysis(
-        run, images, timesteps=timesteps, batch_size=batch_size, e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj
+    """Analyses a trained workdir into ``out_dir`` (default ``WORKDIR/analysis``) and returns the
+    summary. ``options`` are those of :func:`analyze` (``tsne_examples=0`` skips the t-SNE);
+    ``eval_data`` as in `runs.load_trained`."""
+    run = runs.load_trained(workdir, eval_data=eval_data)
+    analysis = analyze(run, **options)
+    write_analysis(
+        analysis,
+        out_dir or os.path.join(workdir, ANALYSIS_DIR),
+        plots=plots,
+        tsne_perplexity=tsne_perplexity,
     )
-    results_path = os.path.join(workdir, "results.json")
-    if os.path.isfile(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
-        summary["teacher_accuracy"] = results["teacher_accuracy"]
-        summary["student_accuracy"] = results["student_accuracy"]
-        acc = results["student_accuracy"]
-        headers = ["Model", "Architecture"] + [f"T={t}" for t in acc]
-        rows = [
-            ["Teacher ANN", summary["architecture"], f"{100 * results['teacher_accuracy']:.2f}"]
-            + ["-"] * (len(acc) - 1),
-            [tables.method_label(summary["method"], summary["head_ratio"]), summary["architecture"]]
-            + [f"{100 * a:.2f}" for a in acc.values()],
-        ]
-        with open(os.path.join(out_dir, "accuracy.md"), "w") as f:
-            f.write(tables.markdown_table(headers, rows))
-    tables.write_json(os.path.join(out_dir, "analysis.json"), summary)
-    tables.write_csv(
-        os.path.join(out_dir, "energy_layers.csv"), summary["energy"]["student"]["layers"]
-    )
-    tables.write_csv(os.path.join(out_dir, "firing_rates.csv"), rates_table(stats))
-    with open(os.path.join(out_dir, "energy.md"), "w") as f:
-        f.write(tables.markdown_table(*tables.table3(_energy_rows(summary))))
-    label = tables.method_label(summary["method"], summary["head_ratio"])
-    plot_firing_rates(
-        {f"{label} T={stats.timesteps}": stats.layer_rates()},
-        os.path.join(out_dir, "firing_rates.png"),
-    )
-    if tsne_examples > 0:
-        n = min(tsne_examples, len(labels))
-        feats = {
-            "Teacher ANN": penultimate_features(
-                run.teacher, run.teacher_variables, images[:n], batch_size=batch_size
-            ),
-            f"{label} T={stats.timesteps}": penultimate_features(
-                run.student,
-                run.student_variables,
-                images[:n],
-                timesteps=stats.timesteps,
-                batch_size=batch_size,
-            ),
-        }
-        plot_tsne(feats, labels[:n], os.path.join(out_dir, "tsne.png"), perplexity=tsne_perplexity)
-    return summary
+    return analysis.summary

@@ -9,7 +9,6 @@ Table III (energy): Method, Architecture, Firing Rate, OPs, ACs, MACs, Energy (p
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +26,6 @@ __all__ = [
     "table1",
     "table3",
     "write_csv",
-    "write_json",
 ]
 
 _METHOD_NAMES = {
@@ -113,23 +111,6 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Non
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def table1(

@@ -7,6 +7,7 @@ from htakl_jax.data.batching import (
     eval_batches,
     num_batches,
     process_slice,
+    step_batches,
 )
 from htakl_jax.data.sources import SOURCES, DatasetInfo, channel_stats, check_split, load_split
 from htakl_jax.data.subsets import balanced_split
@@ -27,4 +28,5 @@ __all__ = [
     "process_slice",
     "random_crop",
     "random_flip",
+    "step_batches",
 ]

@@ -56,6 +56,25 @@ def epoch_batches(
         yield perm[i * global_batch_size : (i + 1) * global_batch_size]
 
 
+def step_batches(
+    seed: int, n: int, global_batch_size: int, *, num_epochs: int, start_step: int = 0
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (epoch, int64 [global_batch_size] indices) for every training step from global step
+    `start_step` to the end of epoch `num_epochs` (exclusive end; epochs of
+    `num_batches(n, global_batch_size)` steps in `epoch_batches` order, last partial batch
+    dropped), so that a training loop over steps is one flat loop and resuming is `start_step`.
+    """
+    per_epoch = num_batches(n, global_batch_size)
+    if per_epoch < 1:
+        raise ValueError(f"global batch of {global_batch_size} exceeds the {n} examples")
+    _check_nonneg_int(start_step, "start_step")
+    first_epoch, first_batch = divmod(start_step, per_epoch)
+    for epoch in range(first_epoch, num_epochs):
+        start = first_batch if epoch == first_epoch else 0
+        for indices in epoch_batches(seed, epoch, n, global_batch_size, start=start):
+            yield epoch, indices
+
+
 def process_slice(indices: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
     """This host's contiguous part [B / process_count] of a global batch of indices [B]."""
     if process_count < 1 or not 0 <= process_index < process_count:

@@ -634,33 +634,13 @@ def _load(
     split = src.canonical_split(split)
     src.check(root, split)
     class_names = src.class_names(root, split)
-
     entry = None
-    cached = None
     if src.cacheable and use_cache:
-        key = cache_lib.cache_key(
-            source=name,
-            root=str(root.resolve()) if root is not None else None,
-            split=split,
-            classes=class_names,
-            skip_corrupt=skip_corrupt,
-            files=cache_lib.tree_fingerprint(src.fingerprint_paths(root, split)),
-        )
-        cache_root = cache_dir if cache_dir is not None else cache_lib.default_cache_root()
-        entry = cache_lib.entry_dir(cache_root, f"{name}-{split}", key)
-        cached = cache_lib.read_entry(entry)
-
-    if cached is not None:
-        images, labels, meta = cached
-        skipped = tuple(meta.get("skipped", ()))
-        for path in skipped:
-            warnings.warn(f"skipped corrupt or unreadable image file {path} (cached)", stacklevel=2)
-    else:
-        decoded = src.decode(root, split, skip_corrupt=skip_corrupt, num_workers=num_workers)
-        images, labels, skipped = decoded.images, decoded.labels, decoded.skipped
-        meta = {"skipped": list(skipped)}
-        if entry is not None:
-            cache_lib.write_entry(entry, images, labels, meta)
+        entry = _cache_entry(src, name, root, split, class_names, cache_dir, skip_corrupt)
+    images, labels, meta = _read_or_decode(
+        src, root, split, entry, skip_corrupt=skip_corrupt, num_workers=num_workers
+    )
+    skipped = tuple(meta["skipped"])
 
     if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise ValueError(
@@ -698,6 +678,51 @@ def _load(
         skipped=skipped,
     )
     return images, labels, info
+
+
+def _cache_entry(
+    src: _Source,
+    name: str,
+    root: Path | None,
+    split: str,
+    class_names: Sequence[str],
+    cache_dir: str | os.PathLike | None,
+    skip_corrupt: bool,
+) -> Path:
+    """The cache folder of a split, keyed by its source, files and decoding options."""
+    key = cache_lib.cache_key(
+        source=name,
+        root=str(root.resolve()) if root is not None else None,
+        split=split,
+        classes=class_names,
+        skip_corrupt=skip_corrupt,
+        files=cache_lib.tree_fingerprint(src.fingerprint_paths(root, split)),
+    )
+    cache_root = cache_dir if cache_dir is not None else cache_lib.default_cache_root()
+    return cache_lib.entry_dir(cache_root, f"{name}-{split}", key)
+
+
+def _read_or_decode(
+    src: _Source,
+    root: Path | None,
+    split: str,
+    entry: Path | None,
+    *,
+    skip_corrupt: bool,
+    num_workers: int | None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(images, labels, cache meta) from the cache `entry`, else decoded (and cached there)."""
+    cached = None if entry is None else cache_lib.read_entry(entry)
+    if cached is not None:
+        images, labels, meta = cached
+        for path in meta.get("skipped", ()):
+            warnings.warn(f"skipped corrupt or unreadable image file {path} (cached)", stacklevel=3)
+        return images, labels, {"skipped": []} | meta
+    decoded = src.decode(root, split, skip_corrupt=skip_corrupt, num_workers=num_workers)
+    meta = {"skipped": list(decoded.skipped)}
+    if entry is not None:
+        cache_lib.write_entry(entry, decoded.images, decoded.labels, meta)
+    return decoded.images, decoded.labels, meta
 
 
 def _has_train_split(src: _Source, root: Path | None) -> bool:

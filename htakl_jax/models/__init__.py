@@ -13,6 +13,9 @@ from htakl_jax.models.resnet import BasicBlock, ResNet19, ResNet20
 from htakl_jax.models.sew_resnet import SEWBlock, SEWResNet
 from htakl_jax.models.vgg import VGG16
 
+# Compute dtypes by name (the `model.dtype` config key); parameters always stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 MODELS = {
     "resnet19": ResNet19,
     "resnet20": ResNet20,
@@ -31,7 +34,7 @@ def get_model(
     width_mult: float = 1.0,
     dtype: Any = jnp.float32,
     bn_axis_name: str | None = None,
-    remat: str | bool = "none",
+    remat: str = "none",
     **neuron_kwargs: Any,
 ) -> Network:
     """Build a classifier: ``spiking=False`` the ANN teacher (ReLU), ``True`` the SNN student (LIF).
@@ -45,9 +48,9 @@ def get_model(
       dtype: computation dtype (parameters stay float32; logits are returned as float32).
       bn_axis_name: mesh axis for cross-device BatchNorm statistics inside ``jax.shard_map``.
       remat: what the backward recomputes instead of storing (memory for time; results, variables
-        and sown values are unchanged): ``"none"``; ``"neuron"`` (or ``True``), each LIF its
-        membrane; ``"block"``, each residual block / conv-BN-act unit all but its conv outputs
-        (see :mod:`htakl_jax.models.base`).
+        and sown values are unchanged): ``"none"``; ``"neuron"``, each LIF its membrane;
+        ``"block"``, each residual block / conv-BN-act unit all but its conv outputs (see
+        :mod:`htakl_jax.models.base`).
       **neuron_kwargs: tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, forwarded
         to every LIF (accepted and unused for the ANN).
 
@@ -77,6 +80,7 @@ def get_model(
 
 
 __all__ = [
+    "DTYPES",
     "MODELS",
     "REMAT_MODES",
     "BasicBlock",

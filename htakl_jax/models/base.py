@@ -30,17 +30,15 @@ REMAT_MODES = ("none", "neuron", "block")
 BLOCK_REMAT_POLICY = remat_lib.save_conv_outputs
 
 
-def check_remat(remat: str | bool) -> str:
-    """The remat mode as one of :data:`REMAT_MODES`, or a ValueError.
+def check_remat(remat: str) -> str:
+    """``remat`` if it is one of :data:`REMAT_MODES`, else a ValueError.
 
     ``"none"``: plain backward. ``"neuron"``: every LIF recomputes its membrane in its own backward
     (the LIF ``remat`` field). ``"block"``: every block recomputes its internals (see the module
-    docstring). Booleans are the older neuron flag: ``True`` is ``"neuron"``, ``False`` ``"none"``.
+    docstring).
     """
-    if isinstance(remat, bool):
-        return "neuron" if remat else "none"
     if remat not in REMAT_MODES:
-        raise ValueError(f"remat must be one of {REMAT_MODES} (or a bool), got {remat!r}")
+        raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}")
     return remat
 
 
