@@ -14,14 +14,14 @@ cotangent, write dx), a copy moves 2.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _common import (  # noqa: E402
+from htakl_jax import neurons, surrogate
+from htakl_jax.neurons import lif_autodiff, neuron_config
+
+from common import (
     print_table,
     time_interleaved,
     torch_device,
@@ -30,15 +30,12 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from htakl_jax import neurons, surrogate  # noqa: E402
-from htakl_jax.neurons import _lif_autodiff, _make_config  # noqa: E402
-
 # Arrays a fused LIF fwd+bwd must read or write at least once (see module docstring).
 _LIF_MIN_ARRAYS = 5
 
 
 def _jax_grads(spike) -> dict:
-    cfg = _make_config(
+    cfg = neuron_config(
         tau=2.0,
         v_threshold=1.0,
         v_reset=0.0,
@@ -51,7 +48,7 @@ def _jax_grads(spike) -> dict:
         "ours fused remat": lambda x, w: jnp.sum(
             neurons.lif(x, surrogate_fn=spike, remat=True) * w
         ),
-        "ours autodiff scan": lambda x, w: jnp.sum(_lif_autodiff(cfg, x) * w),
+        "ours autodiff scan": lambda x, w: jnp.sum(lif_autodiff(cfg, x) * w),
     }
     return {name: jax.jit(jax.grad(loss)) for name, loss in losses.items()}
 

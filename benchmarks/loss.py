@@ -5,7 +5,7 @@ Cases: logits ``[128, 100]`` (temperature 4, random and peaked teachers) and ``[
 temperature 4 and 1 and a peaked teacher at temperature 1. Per case it times, round-robin in one
 process, the gradient w.r.t. the student logits of:
 
-- HTA-KL with each head-set path of ``losses._head_tail_from_probs``: ``threshold`` (the default
+- HTA-KL with each head-set path (``losses.hta_kl(..., path=...)``): ``threshold`` (the default
   above 1024 classes: threshold search, no sort), ``top_k`` (the previous default: lax.top_k
   candidates, and the whole batch falls back to the sort when a row's head is longer than them)
   and ``sort`` (full stable sort, the default up to 1024 classes);
@@ -26,18 +26,16 @@ a CE timed beside it. ``top-k settled`` is the fraction of rows the top-k candid
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table, time_interleaved, torch_device, torch_sync, write_json  # noqa: E402
+from htakl_jax import losses
+from htakl_jax.losses import head_set
 
-from htakl_jax import losses  # noqa: E402
+from common import print_table, time_interleaved, torch_device, torch_sync, write_json
 
 MU = 0.5
 PATHS = ("threshold", "top_k", "sort")
@@ -57,8 +55,8 @@ def _topk_settled(s: np.ndarray, t: np.ndarray, temperature: float) -> float:
     """Fraction of rows whose head ends inside the top-k candidates (no sort fallback needed)."""
     p = jax.nn.softmax(jnp.asarray(t) / temperature, axis=-1)
     q = jax.nn.softmax(jnp.asarray(s) / temperature, axis=-1)
-    k = min(t.shape[-1], losses._TOP_K)
-    _, exact = jax.jit(losses._head_gap_top_k, static_argnums=3)(p, q, MU, k)
+    k = min(t.shape[-1], head_set.TOP_K)
+    _, exact = jax.jit(head_set.head_gap_top_k, static_argnums=3)(p, q, MU, k)
     return float(jnp.mean(exact))
 
 
@@ -113,9 +111,9 @@ def _jax_fns(s, t, labels, temperature: float) -> dict[str, Callable]:
     fns = {"ce": timed(lambda s_, y: losses.cross_entropy(s_, y), labels)}
     for path in PATHS:
         fns[path] = timed(
-            lambda s_, t_, path=path: losses._hta_kl_and_weight(
-                s_, t_, temperature, MU, None, path=path
-            )[0],
+            lambda s_, t_, path=path: losses.hta_kl(
+                s_, t_, temperature=temperature, mu=MU, path=path
+            ),
             t,
         )
     fns["fkl"] = timed(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), t)
@@ -132,7 +130,7 @@ def bench_case(rows, classes, temperature, kind, repeats, slow_repeats, torch) -
         fns |= _torch_fns(torch, s_np, t_np, labels_np, temperature)
     settled = _topk_settled(s_np, t_np, temperature)
     slow = {"sort", "torch port"} | ({"top_k"} if settled < 1.0 else set())
-    if classes <= losses._SORT_MAX_CLASSES:
+    if classes <= head_set.SORT_MAX_CLASSES:
         slow = set()
     times = time_interleaved({k: v for k, v in fns.items() if k not in slow}, repeats=repeats)
     row = {"shape": f"[{rows}, {classes}]", "teacher": kind, "tau": temperature}

@@ -18,7 +18,7 @@ concurrency-optimised scheduler starts every zero-filled ``lax.scan`` output buf
 call and per LIF backward) at the top of the program, so they are all alive at once whatever the
 model saves; ``temp default sched`` reports that schedule at the timed T for reference. Step time
 (``none`` and ``block`` with the memory-optimised schedule, and ``none`` with the default one) is
-timed round-robin at ``--time-at``. ``train.py`` compiles remat-free steps with the default
+timed round-robin at ``--time-at``. ``htakl_jax.steps`` compiles remat-free steps with the default
 schedule and remat steps with the memory-optimised one, so "block saves % vs default" and
 "block / none default time" are what turning ``model.remat = "block"`` on changes in training.
 
@@ -37,17 +37,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import sys
 
 import jax
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_table, time_interleaved, try_import_torch, write_json  # noqa: E402
-from step import _jax_runner, _jax_step, _sj_runner  # noqa: E402
+from htakl_jax.models import base
+from htakl_jax.parallel import cpu_compiler_options
 
-from htakl_jax.models import base  # noqa: E402
-from htakl_jax.parallel import cpu_compiler_options  # noqa: E402
+from common import print_table, time_interleaved, try_import_torch, write_json
+from step import jax_runner, jax_step, sj_runner
 
 MIB = 2**20
 # (column label, get_model remat mode, block policy override)
@@ -73,11 +70,11 @@ def _block_policy(policy):
 
 def _ours(name: str, t: int, width: float, batch: int, remat: str, policy, options: dict):
     """(memory analysis, zero-argument runner) of one compiled training step."""
-    step, state = _jax_step(name, spiking=True, timesteps=t, width=width, batch=batch, remat=remat)
+    step, state = jax_step(name, spiking=True, timesteps=t, width=width, batch=batch, remat=remat)
     with _block_policy(policy):
         lowered = step.lower(state)
     compiled = lowered.compile(options)
-    return compiled.memory_analysis(), _jax_runner(compiled, state)
+    return compiled.memory_analysis(), jax_runner(compiled, state)
 
 
 def _sj_saved_mib(name: str, t: int, width: float, batch: int) -> float | None:
@@ -87,7 +84,7 @@ def _sj_saved_mib(name: str, t: int, width: float, batch: int) -> float | None:
     if peer is None:
         return None
     torch, _ = peer
-    run = _sj_runner(peer, name, timesteps=t, width=width, batch=batch)
+    run = sj_runner(peer, name, timesteps=t, width=width, batch=batch)
     seen: dict[int, int] = {}
 
     def pack(x):
@@ -121,7 +118,7 @@ def _row(name: str, t: int, args, options: dict, peer: bool) -> dict:
         timed = {"none": runs["none"], "block": runs["block"]}
         if options:
             default = cpu_compiler_options()
-            # The default XLA:CPU schedule, for reference; train.py compiles remat-free steps
+            # The default XLA:CPU schedule, for reference; htakl_jax.steps compiles remat-free steps
             # with it, so "none default sched" -> "block" is what turning remat on changes.
             for label in ("none", "block"):
                 mem, run = _ours(name, t, args.width_mult, args.batch, label, None, default)
@@ -198,7 +195,7 @@ def main() -> None:
             )
             if cpu:
                 print(
-                    f"  vs the remat-free step as train.py compiles it (default schedule): "
+                    f"  vs the remat-free step as training compiles it (default schedule): "
                     f"{r['block saves % vs default']:.1f}% saved at "
                     f"{100 * (r['block / none default time'] - 1):+.1f}% step time"
                 )

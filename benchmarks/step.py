@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import optax
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _common import (  # noqa: E402
+from htakl_jax import losses, surrogate
+from htakl_jax.layers import scale_width
+from htakl_jax.models import get_model
+from htakl_jax.parallel import cpu_compiler_options
+
+from common import (
     print_table,
     time_interleaved,
     torch_device,
@@ -36,11 +38,6 @@ from _common import (  # noqa: E402
     try_import_torch,
     write_json,
 )
-
-from htakl_jax import losses, surrogate  # noqa: E402
-from htakl_jax.layers import scale_width  # noqa: E402
-from htakl_jax.models import get_model  # noqa: E402
-from htakl_jax.parallel import cpu_compiler_options  # noqa: E402
 
 IMAGE = 32
 CLASSES = 10
@@ -55,7 +52,7 @@ ARCHS = {
 # ----------------------------------------------------------------------------- ours
 
 
-def _jax_step(
+def jax_step(
     name: str,
     *,
     spiking: bool,
@@ -95,7 +92,7 @@ def _jax_step(
         logits = logits.astype(jnp.float32)
         return jnp.mean(losses.cross_entropy(logits, y)), new["batch_stats"]
 
-    # The XLA options train.py uses (Eigen convolutions on CPU); memory.py may override them.
+    # The training steps' XLA options (Eigen convolutions on CPU); memory.py may override them.
     @functools.partial(jax.jit, donate_argnums=0, compiler_options=cpu_compiler_options())
     def step(state):
         params, batch_stats, opt_state = state
@@ -106,7 +103,7 @@ def _jax_step(
     return step, state
 
 
-def _jax_runner(step, state):
+def jax_runner(step, state):
     """Zero-argument callable that advances ``state`` one step and blocks."""
     box = [state]
 
@@ -119,7 +116,7 @@ def _jax_runner(step, state):
 # ----------------------------------------------------------------------------- SpikingJelly peer
 
 
-def _sj_network(torch, sj, name: str, *, timesteps: int, width: float):
+def sj_network(torch, sj, name: str, *, timesteps: int, width: float):
     """The same topology from SpikingJelly multi-step layers; input [T, B, 3, H, W]."""
     nn = torch.nn
     layer, neuron = sj.layer, sj.neuron
@@ -169,13 +166,11 @@ def _sj_network(torch, sj, name: str, *, timesteps: int, width: float):
     return nn.Sequential(*mods)
 
 
-def _sj_runner(
-    peer, name: str, *, timesteps: int, width: float, batch: int, dtype: str = "float32"
-):
+def sj_runner(peer, name: str, *, timesteps: int, width: float, batch: int, dtype: str = "float32"):
     """SpikingJelly step on the GPU when JAX runs on one (CPU otherwise); bfloat16 by autocast."""
     torch, sj = peer
     device = torch_device(torch)
-    net = _sj_network(torch, sj, name, timesteps=timesteps, width=width).to(device)
+    net = sj_network(torch, sj, name, timesteps=timesteps, width=width).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, IMAGE, IMAGE, generator=gen).to(device)
@@ -201,11 +196,11 @@ def _sj_runner(
 
 def bench_model(name: str, args, peer) -> list[dict]:
     common = dict(width=args.width_mult, batch=args.batch, dtype=args.dtype)
-    fns = {"ann": _jax_runner(*_jax_step(name, spiking=False, timesteps=1, **common))}
+    fns = {"ann": jax_runner(*jax_step(name, spiking=False, timesteps=1, **common))}
     for t in args.timesteps:
-        fns[f"snn T={t}"] = _jax_runner(*_jax_step(name, spiking=True, timesteps=t, **common))
+        fns[f"snn T={t}"] = jax_runner(*jax_step(name, spiking=True, timesteps=t, **common))
         if peer is not None:
-            fns[f"sj T={t}"] = _sj_runner(
+            fns[f"sj T={t}"] = sj_runner(
                 peer, name, timesteps=t, width=args.width_mult, batch=args.batch, dtype=args.dtype
             )
     times = time_interleaved(fns, repeats=args.repeats)
