@@ -50,8 +50,15 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> A
 
 
 def _manager(directory: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
+    # Each manager its own barrier names: latest/ and best/ often save the same step at once, and
+    # with several processes their async commits would otherwise wait at one barrier key
+    # ("_async_write_complete.<step>"), which the coordination service refuses or times out.
+    prefix = os.path.basename(os.path.normpath(directory))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix),
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
