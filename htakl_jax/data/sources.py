@@ -14,7 +14,8 @@ Sources (the `name` argument):
   Pickle files execute code when loaded: only load copies you trust.
 - "image_folder": `root/<split>/<class>/*.{jpg,jpeg,png,bmp}`; classes are the sorted class folders
   of `root/train` (or of `root/<split>` when there is no train folder), so every split shares one
-  label order.
+  label order. `data_dir` may also be the packed file of such a folder (`python -m
+  htakl_jax.data.pack`, see `htakl_jax.data.packed`): the same arrays, labels and caching.
 - "tiny_imagenet": the native `tiny-imagenet-200` layout (wnids.txt, train/<wnid>/images/*.JPEG,
   val/images + val/val_annotations.txt, optional words.txt for class names). Labels follow the
   sorted wnids. Splits "train" and "val"; "test" is an alias of "val" (the official test split is
@@ -32,6 +33,7 @@ names it and leaves it out.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import warnings
@@ -43,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from htakl_jax.data import cache as cache_lib
+from htakl_jax.data import packed as packed_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -77,31 +80,39 @@ class _Decoded:
 # --------------------------------------------------------------------------- image decoding
 
 
-def _decode_image(path: str) -> np.ndarray:
-    """Decode one image file to uint8 RGB [H, W, 3] (grayscale/palette/RGBA converted)."""
+def _decode_image(image: str | bytes) -> np.ndarray:
+    """Decode one image (a file path, or a file's encoded bytes) to uint8 RGB [H, W, 3]
+    (grayscale/palette/RGBA converted)."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
         img.load()  # forces the full decode so truncated files fail here, not later
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def _decode_files(
-    paths: Sequence[str], labels: Sequence[int], *, skip_corrupt: bool, num_workers: int | None
+    images: Sequence[str] | Sequence[bytes],
+    labels: Sequence[int],
+    *,
+    skip_corrupt: bool,
+    num_workers: int | None,
+    names: Sequence[str] | None = None,
 ) -> _Decoded:
-    """Decode `paths` in a thread pool (PIL releases the GIL while decoding)."""
-    if not paths:
+    """Decode image files (paths, or encoded bytes named by `names`) in a thread pool (PIL
+    releases the GIL while decoding)."""
+    if not images:
         raise ValueError("no image files to decode")
+    paths = images if names is None else names
 
-    def safe_decode(path: str) -> np.ndarray | Exception:
+    def safe_decode(image: str | bytes) -> np.ndarray | Exception:
         try:
-            return _decode_image(path)
+            return _decode_image(image)
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for bad/truncated files
             return e
 
     workers = num_workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(safe_decode, paths))
+        results = list(pool.map(safe_decode, images))
 
     kept_images, kept_labels, skipped = [], [], []
     shape = None
@@ -286,12 +297,50 @@ class _CifarPickle(_Source):
         )
 
 
+def _folder_classes(root: Path, split: str) -> tuple[str, ...]:
+    ref = root / "train" if (root / "train").is_dir() else root / split
+    return tuple(_subdirs(ref))
+
+
+def image_folder_files(root: Path, split: str) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """The image files of `root/<split>/<class>/` with their labels, and the class names: the
+    sorted class folders of `root/train` (of `root/<split>` without a train folder), files sorted
+    by name within each class. The one listing the image_folder source and the packer share."""
+    classes = _folder_classes(root, split)
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        cls_dir = root / split / cls
+        if cls_dir.is_dir():
+            files = _list_images(cls_dir)
+            paths += files
+            labels += [label] * len(files)
+    return paths, labels, classes
+
+
 class _ImageFolder(_Source):
+    """`root/<split>/<class>/*` image files, or the packed file of such a folder
+    (`htakl_jax.data.packed`): same class order, image order, labels and cache."""
+
     name = "image_folder"
     cacheable = True
     splits = None
 
+    def resolve(self, data_dir):
+        if data_dir is not None and packed_lib.is_packed(data_dir):
+            root = Path(data_dir).expanduser()
+            packed_lib.PackedFile(root).close()  # exists and is a packed file
+            return root
+        return super().resolve(data_dir)
+
     def check(self, root, split):
+        if root.is_file():
+            with packed_lib.PackedFile(root) as f:
+                if split not in f.splits:
+                    raise FileNotFoundError(
+                        f"image_folder: packed file {root} has no split {split!r}; it holds "
+                        f"{list(f.splits)}"
+                    )
+            return
         split_dir = root / split
         if not split_dir.is_dir():
             raise FileNotFoundError(
@@ -315,26 +364,35 @@ class _ImageFolder(_Source):
             )
 
     def fingerprint_paths(self, root, split):
-        return [root / split]
+        return [root] if root.is_file() else [root / split]
 
     def class_names(self, root, split):
-        ref = root / "train" if (root / "train").is_dir() else root / split
-        return tuple(_subdirs(ref))
+        if root.is_file():
+            with packed_lib.PackedFile(root) as f:
+                return f.classes
+        return _folder_classes(root, split)
+
+    def has_train_split(self, root: Path) -> bool:
+        if root.is_file():
+            with packed_lib.PackedFile(root) as f:
+                return "train" in f.splits
+        return (root / "train").is_dir()
 
     def decode(self, root, split, *, skip_corrupt, num_workers):
-        paths, labels = [], []
-        for label, cls in enumerate(self.class_names(root, split)):
-            cls_dir = root / split / cls
-            if cls_dir.is_dir():
-                files = _list_images(cls_dir)
-                paths += [str(p) for p in files]
-                labels += [label] * len(files)
+        kw = dict(skip_corrupt=skip_corrupt, num_workers=num_workers)
+        if root.is_file():
+            with packed_lib.PackedFile(root) as f:
+                part = f.split(split)
+            images = [part.encoded(i) for i in range(len(part))]
+            names = [f"{root}:{split}/{n}" for n in part.names]
+            return _decode_files(images, part.labels.tolist(), names=names, **kw)
+        paths, labels, _ = image_folder_files(root, split)
         if not paths:
             raise ValueError(
                 f"image_folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) found under "
                 f"{root / split}"
             )
-        return _decode_files(paths, labels, skip_corrupt=skip_corrupt, num_workers=num_workers)
+        return _decode_files([str(p) for p in paths], labels, **kw)
 
 
 class _TinyImageNet(_Source):
@@ -726,9 +784,7 @@ def _read_or_decode(
 
 
 def _has_train_split(src: _Source, root: Path | None) -> bool:
-    if isinstance(src, _ImageFolder):
-        return (root / "train").is_dir()
-    return True
+    return src.has_train_split(root) if isinstance(src, _ImageFolder) else True
 
 
 def _split_stats(
