@@ -30,7 +30,12 @@ def _validate(config, tmp_path, mode="all", num_devices=4):
 
 def test_valid_configs_pass_and_write_nothing(tmp_path):
     _validate(_config(), tmp_path)
-    for name, arg in [("cifar.py", "cifar100,vgg16,2"), ("tiny_imagenet.py", "resnet20,1")]:
+    for name, arg in [
+        ("cifar.py", "cifar100,vgg16,2"),
+        ("tiny_imagenet.py", "resnet20,1"),
+        ("gpu_cifar10.py", "gpu"),
+        ("gpu_cifar10.py", "smoke"),
+    ]:
         config = runpy.run_path(str(ROOT / "configs" / name))["get_config"](arg)
         cv.check_keys_and_types(config)
         cv.check_values(config, num_devices=8)

@@ -1,0 +1,422 @@
+"""The paper's CIFAR-10 ResNet-20 rows on one GPU, in one command, within a wall-time budget.
+
+  bash results/gpu/run.sh PACKED_CIFAR10.npz OUT_DIR      # the GPU run (results/gpu/README.md)
+  python results/gpu/reproduce.py --data FILE --out OUT [--work DIR] [--budget-s 540] [--smoke]
+
+One process (configs/gpu_cifar10.py): the full-width ResNet-20 ANN teacher on all 50,000 training
+images, then spiking students at T = 2 distilled from it with HTA-KL, FKL, CE (no KD) and, when
+the budget allows, RKL. Each model is evaluated after its last epoch on the 10,000 test images,
+the students at T = 1, 2 and 4 (no checkpoint is chosen on the test split). After every phase
+OUT/results.md (table), OUT/results.json (accuracies, epochs, wall time, images/s, compile time
+and pure step time per phase, library versions, device) and OUT/metrics.jsonl (every epoch of every
+phase) are rewritten, so a run cut off at the time limit still returns its finished phases.
+Checkpoints and caches stay in --work. --smoke is the CPU rehearsal (configs/gpu_cifar10.py:smoke).
+
+Budget (one H200; one command may run 600 s; this script starts no phase it cannot finish by
+--budget-s = 540 s after the command started). The README's GPU figures (H200, bf16, batch 64, full
+width): the resnet20 student step at T = 4 takes 8.04 ms and equals 0.44 x four ANN steps, so an
+ANN training step takes about 4.6 ms (14,000 images/s); a T = 2 distillation step (half the T = 4
+student work plus the teacher's forward pass, about a third of an ANN step) about 5.5 ms
+(11,600 images/s). Batch 256 fills the GPU better than 64, so these rates are lower bounds.
+  fixed:    start, imports, ml-collections install, decoding 60,000 JPEGs        ~25 s
+  teacher:  compile ~40 s + 30 epochs x 50,000 images / 14,000 images/s          ~147 s
+  students: compile ~50 s + 15 epochs x 50,000 images / 11,600 images/s          ~115 s each
+  total:    25 + 147 + 3 x 115 (HTA-KL, FKL, CE)                                 ~517 s
+RKL, fourth, runs only if the phases before it leave room: before each phase the script estimates
+its duration from the last finished student (or, before there is one, from the figures above) and
+skips it if it would end after the budget. Compiles are shared through JAX's persistent cache.
+Timing per phase: the step's compile time is estimated as the first epoch's time minus the median
+of the others; the time outside the epochs (initial state, compiling and running the evaluation,
+checkpoints) is reported beside it. "Pure step" is the same compiled step timed on one batch
+already on the device, against which the in-epoch step time (host feeding included) is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.metadata
+import json
+import os
+import platform
+import runpy
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from htakl_jax import checkpoint, evaluate, parallel, runs, steps, train
+from htakl_jax import metrics as metrics_lib
+from htakl_jax.analysis import tables
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ("hta_kl", "fkl", "ce", "rkl")
+# Paper, ResNet-20 on CIFAR-10 (SPEC section 7): teacher, HTA-KL at T = 2, and KDSNN at T = 2.
+PAPER = "teacher 95.72%, HTA-KL T = 2 93.38%, KDSNN T = 2 93.05%"
+# Budget priors (see the module docstring): training images/s and compile seconds per phase kind.
+PRIORS = {"teacher": (14_000.0, 40.0), "student": (11_600.0, 50.0)}
+PURE_STEPS = {"gpu": 20, "smoke": 2}
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", required=True, help="packed CIFAR-10 (python -m htakl_jax.data.pack)"
+    )
+    parser.add_argument("--out", required=True, help="folder for results.md/json, metrics.jsonl")
+    parser.add_argument("--work", default="/tmp/htakl_gpu_work", help="checkpoints and caches")
+    parser.add_argument("--budget-s", type=float, default=540.0, help="seconds from --start-time")
+    parser.add_argument(
+        "--start-time", type=float, default=None, help="epoch seconds (default now)"
+    )
+    parser.add_argument("--methods", default=",".join(METHODS), help="students, in run order")
+    parser.add_argument("--smoke", action="store_true", help="CPU rehearsal setting")
+    args = parser.parse_args(argv)
+    args.methods = tuple(m for m in args.methods.split(",") if m)
+    bad = [m for m in args.methods if m not in ("hta_kl", "fkl", "rkl", "symmetric", "ce")]
+    if bad:
+        parser.error(f"--methods: unknown {bad}")
+    if not Path(args.data).is_file():
+        parser.error(f"--data {args.data} is not a file")
+    if not args.smoke and jax.default_backend() == "cpu":
+        parser.error("no GPU: JAX runs on the CPU (--smoke is the CPU rehearsal)")
+    return args
+
+
+def load_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    get_config = runpy.run_path(str(ROOT / "configs" / "gpu_cifar10.py"))["get_config"]
+    config = get_config("smoke" if args.smoke else "gpu")
+    config.data.data_dir = str(Path(args.data).resolve())
+    config.data.cache_dir = str(Path(args.work) / "data_cache")
+    return config
+
+
+def _commit() -> str | None:
+    """HEAD of the checkout, or $HTAKL_COMMIT where the tree was copied without its .git."""
+    try:
+        git = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+    except OSError:  # no git on this machine
+        git = None
+    head = git.stdout.strip() if git is not None and git.returncode == 0 else ""
+    return head or os.environ.get("HTAKL_COMMIT") or None
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, devices and the commit (when run from a git checkout)."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": " ".join(sys.argv),
+        "commit": _commit(),
+        "versions": versions,
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()],
+    }
+
+
+class Budget:
+    """Seconds left of the command's budget, counted from its start."""
+
+    def __init__(self, start: float, total_s: float):
+        self.start, self.total_s = start, total_s
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def fits(self, estimate_s: float) -> bool:
+        return self.elapsed() + estimate_s <= self.total_s
+
+
+def prior_estimate(kind: str, config: ml_collections.ConfigDict, num_train: int) -> float:
+    """Seconds a phase should take by the figures in the module docstring."""
+    rate, compile_s = PRIORS[kind]
+    images = config[kind].epochs * (num_train // config[kind].batch_size) * config[kind].batch_size
+    return compile_s + images / rate
+
+
+def pure_step_ms(
+    program: steps.PhaseProgram, batch_size: int, mesh, train_ds: runs.Dataset, extra: tuple, n: int
+) -> float:
+    """The compiled training step timed on one batch already on the device (no host feeding)."""
+    rows = np.arange(batch_size)
+    batch = parallel.global_batch((train_ds.images[rows], train_ds.labels[rows]), mesh)
+    state = program.init_fn(jax.random.key(1))
+    state, _ = program.step_fn(state, *extra, *batch)  # compiled during training
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(n):
+        state, _ = program.step_fn(state, *extra, *batch)
+    jax.block_until_ready(state)
+    return 1e3 * (time.perf_counter() - start) / n
+
+
+def phase_timing(records: list[dict], steps_per_epoch: int, batch_size: int) -> dict[str, Any]:
+    """Epoch times of a phase's metrics records: the median epoch (the first one excluded when
+    there are others: it compiles), images/s and step time within it, the compile estimate."""
+    times = [r["epoch_time_s"] for r in records]
+    steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    return {
+        "epochs_run": len(records),
+        "epoch_s_total": sum(times),
+        "first_epoch_s": times[0],
+        "median_epoch_s": steady,
+        "step_compile_s_estimate": times[0] - steady if len(times) > 1 else None,
+        "train_images_per_s": steps_per_epoch * batch_size / steady,
+        "step_ms_in_epoch": 1e3 * steady / steps_per_epoch,
+    }
+
+
+def train_and_time(
+    program: steps.PhaseProgram,
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    *,
+    mesh,
+    train_ds: runs.Dataset,
+    eval_ds: runs.Dataset,
+    teacher_variables: Any,
+    pure_steps: int,
+) -> tuple[dict[str, Any], list[dict]]:
+    """Trains one phase; returns its timing record and its per-epoch metrics records."""
+    start = time.perf_counter()
+    train.train_phase(
+        program,
+        config,
+        str(workdir),
+        mesh=mesh,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
+        teacher_variables=teacher_variables,
+    )
+    train_s = time.perf_counter() - start
+    path = Path(runs.phase_dir(str(workdir), program.phase)) / metrics_lib.METRICS_FILE
+    records = metrics_lib.read_metrics(path)
+    batch_size = config[program.phase].batch_size
+    timing = phase_timing(records, program.steps_per_epoch, batch_size)
+    extra = (teacher_variables,) if program.spiking else ()
+    pure = pure_step_ms(program, batch_size, mesh, train_ds, extra, pure_steps)
+    timing |= {
+        "train_s": train_s,
+        # Outside the epochs: the initial state, compiling and running the evaluation, checkpoints.
+        "outside_epochs_s": train_s - timing["epoch_s_total"],
+        "pure_step_ms": pure,
+        "step_in_epoch_over_pure": timing["step_ms_in_epoch"] / pure,
+    }
+    return timing, records
+
+
+def student_config(config: ml_collections.ConfigDict, method: str, teacher_dir: Path):
+    """The base config distilling with `method` from the teacher phase in `teacher_dir`."""
+    cfg = copy.deepcopy(config)
+    cfg.student.method = method
+    cfg.student.teacher_checkpoint = str(teacher_dir)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def results_table(record: dict[str, Any]) -> str:
+    """Markdown: one row per phase, test accuracies in percent."""
+    columns = ["Model", "Epochs", "ANN", "SNN T=1", "T=2", "T=4", "Wall (s)", "Train img/s"]
+    columns.append("Step in epoch / pure step")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for p in record["phases"]:
+        label = tables.method_label(p["name"])
+        if p["status"] != "done":
+            lines.append(f"| {label} | - | {p['status']} |" + " |" * (len(columns) - 3))
+            continue
+        acc = p["accuracy"]
+        cells = [_pct(acc.get("ann"))] + [_pct(acc.get(t)) for t in ("1", "2", "4")]
+        lines.append(
+            f"| {label} | {p['epochs_run']} | "
+            + " | ".join(cells)
+            + f" | {p['wall_s']:.0f} | {p['train_images_per_s']:.0f}"
+            + f" | {p['step_in_epoch_over_pure']:.2f} |"
+        )
+    env = record["environment"]
+    lines += [
+        "",
+        f"Paper (ResNet-20, CIFAR-10): {PAPER}. Device: {', '.join(env['devices'])}; "
+        f"{record['elapsed_s']:.0f} s of a {record['budget_s']:.0f} s budget; commit "
+        f"{env['commit'] or 'unknown'}; JAX {env['versions']['jax']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, record: dict[str, Any], metrics: list[dict]) -> None:
+    """Rewrites the three result files (each atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / "results.json", record)
+    for name, text in (
+        ("results.md", results_table(record)),
+        ("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics)),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def _skipped(name: str, estimate_s: float, budget: Budget) -> dict[str, Any]:
+    status = (
+        f"skipped: ~{estimate_s:.0f} s would end at {budget.elapsed() + estimate_s:.0f} s, "
+        f"after the {budget.total_s:.0f} s budget"
+    )
+    return {"name": name, "status": status}
+
+
+def run_teacher(program, config, work: Path, budget: Budget, *, info, pure_steps, **data_args):
+    """Trains the teacher; returns (phase record, metrics records, its variables or None)."""
+    estimate = prior_estimate("teacher", config, len(data_args["train_ds"]))
+    if not budget.fits(estimate):
+        return _skipped("teacher", estimate, budget), [], None
+    start = time.perf_counter()
+    timing, records = train_and_time(
+        program, config, work, teacher_variables=None, pure_steps=pure_steps, **data_args
+    )
+    variables, _, _ = runs.restore_for_eval(
+        runs.phase_dir(str(work), "teacher"),
+        program.model,
+        config,
+        info,
+        data_args["mesh"],
+        spiking=False,
+    )
+    phase = {
+        "name": "teacher",
+        "status": "done",
+        "epochs": config.teacher.epochs,
+        "accuracy": {"ann": records[-1]["eval_accuracy"]},  # the final state, after the last epoch
+        "wall_s": time.perf_counter() - start,
+    }
+    return phase | timing, [r | {"phase": "teacher"} for r in records], variables
+
+
+def run_student(
+    method,
+    config,
+    work: Path,
+    budget: Budget,
+    *,
+    teacher,
+    teacher_variables,
+    estimate_s,
+    info,
+    pure_steps,
+    **data_args,
+):
+    """Distils one student from the teacher and evaluates it at config.eval.timesteps; returns
+    (phase record, metrics records)."""
+    cfg = student_config(config, method, Path(runs.phase_dir(str(work / "teacher"), "teacher")))
+    mesh, train_ds = data_args["mesh"], data_args["train_ds"]
+    estimate = estimate_s or prior_estimate("student", cfg, len(train_ds))
+    if not budget.fits(estimate):
+        return _skipped(method, estimate, budget), []
+    program = steps.phase_program("student", cfg, mesh=mesh, info=info, num_train=len(train_ds))
+    start = time.perf_counter()
+    timing, records = train_and_time(
+        program,
+        cfg,
+        work / method,
+        teacher_variables=None if method == "ce" else teacher_variables,
+        pure_steps=pure_steps,
+        **data_args,
+    )
+    results = evaluate.evaluate_run(
+        cfg,
+        str(work / method),
+        eval_ds=data_args["eval_ds"],
+        info=info,
+        mesh=mesh,
+        teacher=teacher,
+        student=program,
+    )
+    phase = {
+        "name": method,
+        "status": "done",
+        "epochs": cfg.student.epochs,
+        "timesteps": cfg.student.timesteps,
+        "accuracy": results["student_accuracy"],
+        "teacher_accuracy": results["teacher_accuracy"],
+        "wall_s": time.perf_counter() - start,
+    }
+    return phase | timing, [r | {"phase": "student", "method": method} for r in records]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    checkpoint.quiet_orbax_logging()
+    budget = Budget(args.start_time or time.time(), args.budget_s)
+    out, work = Path(args.out), Path(args.work)
+    jax.config.update("jax_compilation_cache_dir", str(work / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    config = load_config(args)
+    record: dict[str, Any] = {
+        "environment": environment(),
+        "budget_s": args.budget_s,
+        "config": json.loads(config.to_json()),
+        "phases": [],
+    }
+    mesh = parallel.make_mesh()
+    start = time.perf_counter()
+    train_ds, eval_ds, info = runs.load_data(config)
+    record["data"] = {
+        "file": config.data.data_dir,
+        "train_images": len(train_ds),
+        "test_images": len(eval_ds),
+        "load_s": time.perf_counter() - start,
+    }
+    kw = dict(mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info)
+    kw["pure_steps"] = PURE_STEPS["smoke" if args.smoke else "gpu"]
+    teacher = steps.phase_program("teacher", config, mesh=mesh, info=info, num_train=len(train_ds))
+    phase, metrics, teacher_variables = run_teacher(teacher, config, work / "teacher", budget, **kw)
+    record["phases"].append(phase)
+    record["elapsed_s"] = budget.elapsed()
+    write_outputs(out, record, metrics)
+    last_student_s = None
+    for method in args.methods if teacher_variables is not None else ():
+        phase, records = run_student(
+            method,
+            config,
+            work,
+            budget,
+            teacher=teacher,
+            teacher_variables=teacher_variables,
+            estimate_s=last_student_s,
+            **kw,
+        )
+        last_student_s = phase.get("wall_s", last_student_s)
+        record["phases"].append(phase)
+        record["elapsed_s"] = budget.elapsed()
+        metrics += records
+        write_outputs(out, record, metrics)
+    print(results_table(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""CPU rehearsal of the one-command GPU reproduction (results/gpu/run.sh, reproduce.py).
+
+The smoke setting runs the same script, on a few hundred generated images packed like the real
+data, with the same phases and output files; this is what proves the GPU run will not die on an
+import, a path or a missing output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from htakl_jax.data import pack
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "results/gpu/reproduce.py")
+reproduce = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reproduce)
+
+OUTPUTS = ("results.md", "results.json", "metrics.jsonl", "log.txt")
+
+
+@pytest.fixture(scope="module")
+def packed_file(tmp_path_factory) -> Path:
+    """10 classes x (32 train + 8 test) 32x32 PNGs whose brightness tells the class, packed."""
+    root = tmp_path_factory.mktemp("images")
+    for split, n in (("train", 32), ("test", 8)):
+        for c in range(10):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(n):
+                rng = np.random.default_rng([c, i, len(split)])
+                pixels = (rng.integers(0, 60, (32, 32, 3)) + 19 * c).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i:03d}.png")
+    out = root / "small.npz"
+    pack.pack_image_folder(root, out)
+    return out
+
+
+def _run(packed_file: Path, out: Path, work: Path, *flags: str) -> subprocess.CompletedProcess:
+    command = ["bash", "results/gpu/run.sh", str(packed_file), str(out), "--smoke"]
+    command += ["--work", str(work), *flags]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_output(packed_file, tmp_path):
+    r = _run(packed_file, tmp_path / "out", tmp_path / "work")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    record = json.loads((out / "results.json").read_text())
+    phases = {p["name"]: p for p in record["phases"]}
+    assert list(phases) == ["teacher", *reproduce.METHODS]
+    assert all(p["status"] == "done" for p in phases.values())
+    assert 0.0 <= phases["teacher"]["accuracy"]["ann"] <= 1.0
+    for method in reproduce.METHODS:
+        assert set(phases[method]["accuracy"]) == {"1", "2", "4"}
+        assert phases[method]["teacher_accuracy"] == phases["teacher"]["accuracy"]["ann"]
+        assert phases[method]["pure_step_ms"] > 0 and phases[method]["train_images_per_s"] > 0
+    assert record["data"] == record["data"] | {"train_images": 320, "test_images": 80}
+    assert record["environment"]["versions"]["jax"] and record["environment"]["devices"]
+    assert record["config"]["model"]["dtype"] == "bfloat16"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m.get("method", m["phase"]) for m in metrics] == ["teacher", *reproduce.METHODS]
+    table = (out / "results.md").read_text()
+    assert "| Teacher ANN | 1 |" in table and "| HTA-KL | 1 | - |" in table
+    assert "teacher epoch 1/1" in (out / "log.txt").read_text()
+
+
+def test_a_phase_that_cannot_finish_in_the_budget_is_skipped(packed_file, tmp_path):
+    r = _run(packed_file, tmp_path / "out", tmp_path / "work", "--budget-s", "5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [p["name"] for p in record["phases"]] == ["teacher"]  # no teacher: no students
+    assert record["phases"][0]["status"].startswith("skipped: ~")
+    assert "skipped" in (tmp_path / "out" / "results.md").read_text()
+    assert not (tmp_path / "work" / "teacher").exists()
+
+
+def test_budget_arithmetic():
+    config = reproduce.load_config(
+        type("Args", (), {"smoke": False, "data": "x.npz", "work": "/tmp/w"})()
+    )
+    # 30 epochs x 195 steps x 256 images at 14,000 images/s, plus 40 s of compiles.
+    assert reproduce.prior_estimate("teacher", config, 50_000) == pytest.approx(
+        40 + 30 * 195 * 256 / 14_000
+    )
+    budget = reproduce.Budget(time.time() - 100, 540)
+    assert budget.fits(400) and not budget.fits(450)
+
+
+def test_phase_timing_excludes_the_compiling_first_epoch():
+    records = [{"epoch_time_s": t} for t in (30.0, 2.0, 2.2, 1.9)]
+    timing = reproduce.phase_timing(records, steps_per_epoch=100, batch_size=256)
+    assert timing["median_epoch_s"] == 2.0 and timing["step_compile_s_estimate"] == 28.0
+    assert timing["train_images_per_s"] == pytest.approx(100 * 256 / 2.0)
+    assert timing["step_ms_in_epoch"] == pytest.approx(20.0)
