@@ -25,11 +25,12 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from htakl_jax.neurons import LIF
+from htakl_jax.neurons import FEATURES, LIF, TAP_KINDS
 
 # BatchNorm constants shared by every model (PyTorch momentum 0.1 == Flax momentum 0.9).
 BN_MOMENTUM = 0.9
@@ -117,9 +118,14 @@ class LayerFactory:
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     neuron_kwargs: tuple[tuple[str, Any], ...] = ()
+    # What stage taps record (one of TAP_KINDS for a student; an ANN records its ReLU output);
+    # None: taps record nothing and the forward pass is the plain one.
+    tap_kind: str | None = None
 
     def __post_init__(self):
         check_neuron_kwargs(k for k, _ in self.neuron_kwargs)
+        if self.tap_kind is not None and self.tap_kind not in TAP_KINDS:
+            raise ValueError(f"features must be one of {TAP_KINDS} or None, got {self.tap_kind!r}")
 
     def conv(
         self, features: int, kernel_size: int = 3, strides: int = 1, name: str | None = None
@@ -151,16 +157,53 @@ class LayerFactory:
     def dense(self, features: int, name: str | None = None) -> nn.Dense:
         return nn.Dense(features, dtype=self.dtype, name=name)
 
-    def act(self, x_N: jax.Array, timesteps: int, name: str) -> jax.Array:
+    def act(self, x_N: jax.Array, timesteps: int, name: str, tap: str | None = None) -> jax.Array:
         """ReLU (ANN) or LIF spikes (SNN) of a time-folded ``[T*B, ...]`` array, same shape.
 
         For the SNN the LIF module is created under ``name``; it sows its spike counts into the
-        'intermediates' collection at that path.
+        'intermediates' collection at that path. ``tap`` names a stage output: with
+        ``tap_kind`` set, the ANN's ReLU output or the LIF's ``tap_kind`` feature is sown into
+        the 'features' collection under that name (see :func:`stage_features`).
         """
+        tap = tap if self.tap_kind is not None else None
         if not self.spiking:
-            return nn.relu(x_N)
-        spikes_TB = LIF(**dict(self.neuron_kwargs), name=name)(unfold_time(x_N, timesteps))
-        return fold_time(spikes_TB)
+            y = nn.relu(x_N)
+            if tap is not None:
+                Tap(name=tap)(y)
+            return y
+        lif = LIF(**dict(self.neuron_kwargs), tap=tap, tap_kind=self.tap_kind or "rate", name=name)
+        return fold_time(lif(unfold_time(x_N, timesteps)))
+
+    def tap(self, x_N: jax.Array, timesteps: int, name: str) -> None:
+        """Records a stage output that is no activation's (SEW-ResNet's spike sums) when
+        ``tap_kind`` is 'rate' (time mean for the SNN) or the network is an ANN."""
+        if self.tap_kind is None or (self.spiking and self.tap_kind != "rate"):
+            return
+        Tap(name=name)(jnp.mean(unfold_time(x_N, timesteps), 0) if self.spiking else x_N)
+
+
+class Tap(nn.Module):
+    """Sows its input, unchanged, into the 'features' collection under its own name (when that
+    collection is mutable)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.is_mutable_collection(FEATURES):
+            self.sow(FEATURES, self.name, x)
+        return x
+
+
+def stage_features(collection: Mapping[str, Any]) -> list[jax.Array]:
+    """The sown 'features' collection of one apply as a list in stage order (stage1, stage2, ...):
+    ``[B, H, W, C]`` each (a student's averaged over time)."""
+    found = {}
+    for path, values in flax.traverse_util.flatten_dict(dict(collection)).items():
+        found[path[-1]] = values[0]
+    if not found:
+        raise ValueError(
+            "no stage features were sown: apply with features=KIND and mutable=['features']"
+        )
+    return [found[k] for k in sorted(found, key=lambda k: int(k.removeprefix("stage")))]
 
 
 class DirectEncoder(nn.Module):

@@ -353,12 +353,20 @@ def _check_module_input(name: str, x: jax.Array) -> None:
         raise ValueError(f"{name} expects x of shape [T, B, ...], got shape {jnp.shape(x)}")
 
 
+# The collection of stage features (models.stage_features) and what a student's tap records: the
+# time mean [B, ...] of the LIF's spikes, of its input current, or of its charged membrane h.
+FEATURES = "features"
+TAP_KINDS = ("rate", "preact", "membrane")
+
+
 class LIF(nn.Module):
     """Flax wrapper of :func:`lif`: ``[T, B, ...] -> spikes [T, B, ...]``; no parameters.
 
     When ``'intermediates'`` is mutable it sows, per call: ``spike_count`` (float32 scalar, total
     spikes), ``neuron_count`` (float32, ``T * B * neurons``, so the firing rate is
     ``spike_count / neuron_count``) and ``num_neurons`` (int, neurons per timestep per example).
+    With ``tap`` set and the ``'features'`` collection mutable it sows, under the name ``tap``, the
+    time mean ``[B, ...]`` of ``tap_kind`` (one of ``TAP_KINDS``), with its gradient.
     """
 
     tau: float = 2.0
@@ -368,22 +376,39 @@ class LIF(nn.Module):
     detach_reset: bool = False
     surrogate: SpikeFn = _DEFAULT_SURROGATE
     remat: bool = False
+    tap: str | None = None
+    tap_kind: str = "rate"
 
     @nn.compact
     def __call__(self, x_TB: jax.Array) -> jax.Array:
         _check_module_input("LIF", x_TB)
-        spikes = lif(
-            x_TB,
+        constants = dict(
             tau=self.tau,
             v_threshold=self.v_threshold,
             v_reset=self.v_reset,
             decay_input=self.decay_input,
             detach_reset=self.detach_reset,
-            surrogate_fn=self.surrogate,
-            remat=self.remat,
         )
+        spikes = lif(x_TB, **constants, surrogate_fn=self.surrogate, remat=self.remat)
         _sow_counts(self, spikes)
+        if self.tap is not None and self.is_mutable_collection(FEATURES):
+            cfg = neuron_config(**constants, surrogate_fn=self.surrogate)
+            self.sow(FEATURES, self.tap, _tap_value(cfg, self.tap_kind, x_TB, spikes))
         return spikes
+
+
+def _tap_value(cfg: NeuronConfig, kind: str, x_TB: jax.Array, spikes_TB: jax.Array) -> jax.Array:
+    """The time mean [B, ...] of the spikes, the input current or the charged membrane h."""
+    if kind == "rate":
+        return jnp.mean(spikes_TB, 0)
+    if kind == "preact":
+        return jnp.mean(x_TB, 0)
+    if kind != "membrane":
+        raise ValueError(f"tap_kind must be one of {TAP_KINDS}, got {kind!r}")
+    # h[t] = charge(v[t-1], x[t]) from the post-reset membranes, differentiable end to end.
+    _, v_TB = lif_autodiff(cfg, x_TB, with_membrane=True)
+    v_prev = jnp.concatenate([jnp.full_like(v_TB[:1], cfg.v_init), v_TB[:-1]])
+    return jnp.mean(cfg.charge(v_prev, x_TB), 0)
 
 
 class IF(nn.Module):

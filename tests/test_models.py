@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from htakl_jax import layers, parallel
+from htakl_jax import layers, neurons, parallel
 from htakl_jax.layers import BN_MOMENTUM
 from htakl_jax.models import MODELS, get_model
 
@@ -416,3 +416,90 @@ def test_block_remat_equals_plain_model_and_gradient_reaches_every_parameter(nam
     # the forward is the same computation, so every LIF fires the same spikes
     counts = jax.tree.map(np.asarray, s_plain["intermediates"])
     jax.tree.map(np.testing.assert_array_equal, s_block["intermediates"], counts)
+
+
+# ---- stage taps (the features of the feature-distillation methods) ----------------------------
+# apply(..., features=KIND, mutable=["features"]) sows every stage's output; the default forward
+# pass is unchanged. At 32x32: ResNet-19 3 stages, ResNet-20 / SEW-ResNet 4, VGG-16 5 conv blocks.
+STAGES = {"resnet19": 3, "resnet20": 4, "sew_resnet18": 4, "sew_resnet34": 4, "vgg16": 5}
+
+
+def _taps(model, variables, x, kind, **kw):
+    logits, state = model.apply(
+        variables, x, train=False, features=kind, mutable=["features"], **kw
+    )
+    return logits, layers.stage_features(state["features"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stage_taps_shapes_and_default_pass(name):
+    x = jax.random.normal(jax.random.key(5), (B, 16, 16, 3))
+    for spiking in (False, True):
+        model = tiny(name, spiking)
+        variables = model.init(jax.random.key(0), x, train=False)
+        plain = model.apply(variables, x, train=False)
+        logits, feats = _taps(model, variables, x, "rate")
+        np.testing.assert_array_equal(np.asarray(logits), np.asarray(plain))
+        assert len(feats) == STAGES[name]
+        assert all(f.shape[0] == B and f.ndim == 4 for f in feats)
+        assert feats[-1].shape[-1] == model.width(512)  # the last stage: 512 channels at full width
+        if spiking and not name.startswith("sew"):
+            assert all(float(f.min()) >= 0 and float(f.max()) <= 1 for f in feats)  # rates
+        elif not spiking:
+            assert all(float(f.min()) >= 0 for f in feats)  # post-ReLU
+    with pytest.raises(ValueError, match="features must be one of"):
+        _taps(model, variables, x, "spikes")
+
+
+def test_student_tap_kinds():
+    x = jax.random.normal(jax.random.key(6), (B, 8, 8, 3))
+    model = tiny("resnet20", True)
+    variables = model.init(jax.random.key(0), x, train=False)
+    # T = 1: the rate is the single step's spikes; h = v_reset + (x - v_reset) / tau = x / tau.
+    _, rate = _taps(model, variables, x, "rate", timesteps=1)
+    _, pre = _taps(model, variables, x, "preact", timesteps=1)
+    _, mem = _taps(model, variables, x, "membrane", timesteps=1)
+    tau = dict(model.neuron_kwargs).get("tau", 2.0)
+    for r, p, m in zip(rate, pre, mem, strict=True):
+        assert set(np.unique(np.asarray(r))) <= {0.0, 1.0}
+        np.testing.assert_array_equal(
+            np.asarray(r), (np.asarray(p) / tau >= 1.0).astype(np.float32)
+        )
+        np.testing.assert_allclose(np.asarray(m), np.asarray(p) / tau, rtol=1e-6, atol=1e-7)
+    # The teacher records its ReLU output whatever the kind.
+    ann = tiny("resnet20", False)
+    ann_vars = ann.init(jax.random.key(0), x, train=False)
+    a, b = _taps(ann, ann_vars, x, "rate")[1], _taps(ann, ann_vars, x, "membrane")[1]
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_membrane_tap_equals_a_float64_loop():
+    # One LIF (T = 3, hard reset): the mean over time of h[t] = v[t-1] + (x[t] - v[t-1]) / tau.
+    x = np.random.default_rng(0).normal(0.8, 0.6, (3, 2, 4)).astype(np.float32)
+    _, state = neurons.LIF(tap="stage1", tap_kind="membrane").apply(
+        {}, jnp.asarray(x), mutable=["features"]
+    )
+    v, hs = np.zeros((2, 4)), []
+    for t in range(3):
+        h = v + (x[t] - v) / 2.0
+        hs.append(h)
+        v = np.where(h >= 1.0, 0.0, h)
+    np.testing.assert_allclose(state["features"]["stage1"][0], np.mean(hs, 0), rtol=1e-6)
+
+
+def test_student_taps_carry_gradients():
+    x = jax.random.normal(jax.random.key(7), (B, 8, 8, 3))
+    # A lower threshold and the full input charge keep this tiny network firing: a silent one
+    # passes zero spikes forward, so its weights would get exactly zero gradient.
+    model = tiny("resnet20", True, v_threshold=V_TH, decay_input=False)
+    variables = model.init(jax.random.key(0), x, train=False)
+    for kind in neurons.TAP_KINDS:
+
+        def loss(params, kind=kind):
+            _, feats = _taps(model, {**variables, "params": params}, x, kind)
+            return sum(jnp.sum(f) for f in feats)
+
+        grads = jax.grad(loss)(variables["params"])
+        for block in ("stage1_block0", "stage2_block1", "stage3_block0"):
+            assert float(jnp.abs(grads[block]["conv1"]["kernel"]).sum()) > 0, (kind, block)
+        assert not jnp.any(grads["head"]["kernel"] != 0)  # the features do not reach the head

@@ -41,6 +41,7 @@ from htakl_jax.losses.kd import (
     reverse_kl,
     row_block_size,
     symmetric_kl,
+    wsld,
 )
 
 __all__ = [
@@ -57,4 +58,5 @@ __all__ = [
     "reverse_kl",
     "row_block_size",
     "symmetric_kl",
+    "wsld",
 ]

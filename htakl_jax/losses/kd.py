@@ -418,6 +418,35 @@ def hta_kl(
     )[0]
 
 
+def wsld(
+    student_logits: Array,
+    teacher_logits: Array,
+    labels: Array,
+    *,
+    temperature: float = 2.0,
+    where: Array | None = None,
+) -> Array:
+    """Weighted soft-label distillation (WSLD, BKDSNN's logit term) per example: [..., C] -> [...].
+
+    tau^2 * w * s with s = -sum_k p_k log q_k at temperature tau (the cross-entropy form of FKL:
+    it differs from KL(p || q) by the teacher's entropy, so its student gradient is FKL's) and the
+    gradient-free weight w = 1 - exp(-max(CE_s / (CE_t + 1e-7), 0)), CE_s and CE_t the student's
+    and teacher's hard-label cross-entropies at temperature 1: examples the student already fits
+    better than the teacher get little soft-label weight. The teacher receives no gradient.
+    """
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+    s = _mask_logits(student_logits, where)
+    t = _mask_logits(jax.lax.stop_gradient(teacher_logits), where)
+    tau = jnp.asarray(temperature, s.dtype)
+    log_q = jax.nn.log_softmax(s / tau, axis=-1)
+    p = jax.nn.softmax(t / tau, axis=-1)
+    soft_ce = -jnp.sum(p * jnp.where(p > 0, log_q, 0.0), axis=-1)  # 0 log 0 = 0, NaN-free grads
+    ce_s = cross_entropy(jax.lax.stop_gradient(s), labels)
+    ce_t = cross_entropy(t, labels)
+    weight = 1.0 - jnp.exp(-jnp.maximum(ce_s / (ce_t + 1e-7), 0.0))
+    return _apply_where(tau**2 * weight * soft_ce, where)
+
+
 # --------------------------------------------------------------------------- total objective
 
 # The fixed-weight methods as their FKL weight r (loss r * FKL + (1 - r) * RKL).

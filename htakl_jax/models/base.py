@@ -56,12 +56,18 @@ def check_positive_int(value: Any, what: str) -> int:
 class Network(nn.Module):
     """Base of all classifiers; a subclass implements ``_forward``.
 
-    ``__call__(x_BHWC, *, train, timesteps=None, return_features=False)``:
+    ``__call__(x_BHWC, *, train, timesteps=None, return_features=False, features=None)``:
       x_BHWC: normalised float images ``[B, H, W, C]`` (8x8, 32x32 or 64x64 all work).
       train: BatchNorm uses batch statistics (and updates 'batch_stats', which must be mutable) when
         True, running averages when False.
       timesteps: overrides ``self.timesteps`` for this call (SNN only; the ANN ignores it).
       return_features: also return the penultimate features (the input of the last dense layer).
+      features: with the 'features' collection mutable, sow every stage's output (ResNet-19: 3
+        stages, ResNet-20 and SEW-ResNet: 4, VGG-16: its 5 conv blocks before pooling) for the
+        feature-distillation methods: the ANN's post-ReLU map, the student's time mean of its
+        block output spikes ('rate'), of the input current of the block's last LIF ('preact') or
+        of its charged membrane ('membrane'). Read them with ``layers.stage_features``. None (the
+        default): no taps, the plain forward pass.
     Returns float32 logits ``[B, classes]`` (ANN) or per-timestep ``[T, B, classes]`` (SNN; predict
     with their mean over T), and with ``return_features`` a tuple ``(logits, features)`` with
     features ``[B, D]`` / ``[T, B, D]``.
@@ -106,16 +112,19 @@ class Network(nn.Module):
         features: int,
         train: bool,
         timesteps: int,
+        tap: str | None = None,
     ) -> jax.Array:
         """One conv3x3 (stride 1) - BN - act unit, layers named ``conv{index}``, ``bn{index}``,
         ``act{index}`` directly in this module; a remat block of its own when ``remat_blocks``.
+        ``tap``: the stage name when the unit ends a stage.
         ``[N, H, W, C] -> [N, H, W, features]``."""
         unit = type(self)._conv_bn_act
         if self.remat_blocks:
             # Lifting the method (not a child module) keeps the unit's layers at the top level,
             # so remat and plain models have the same variable tree.
-            unit = remat_lib.remat(unit, static_argnums=(2, 3, 4, 5, 6), policy=BLOCK_REMAT_POLICY)
-        return unit(self, x, ops, index, features, train, timesteps)
+            static = (2, 3, 4, 5, 6, 7)
+            unit = remat_lib.remat(unit, static_argnums=static, policy=BLOCK_REMAT_POLICY)
+        return unit(self, x, ops, index, features, train, timesteps, tap)
 
     def encode(
         self,
@@ -137,9 +146,10 @@ class Network(nn.Module):
         x = DirectEncoder(ops, features, name=names[0])(x, train=train, timesteps=timesteps)
         return ops.act(x, timesteps, names[1])
 
-    def _conv_bn_act(self, x, ops, index, features, train, timesteps):
+    def _conv_bn_act(self, x, ops, index, features, train, timesteps, tap):
         x = ops.conv(features, 3, 1, name=f"conv{index}")(x)
-        return ops.act(ops.batch_norm(train, name=f"bn{index}")(x), timesteps, f"act{index}")
+        x = ops.batch_norm(train, name=f"bn{index}")(x)
+        return ops.act(x, timesteps, f"act{index}", tap=tap)
 
     @nn.compact
     def __call__(
@@ -149,6 +159,7 @@ class Network(nn.Module):
         train: bool,
         timesteps: int | None = None,
         return_features: bool = False,
+        features: str | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         if x_BHWC.ndim != 4:
             raise ValueError(f"x_BHWC must be [B, H, W, C] images, got shape {x_BHWC.shape}")
@@ -164,6 +175,7 @@ class Network(nn.Module):
             dtype=self.dtype,
             bn_axis_name=self.bn_axis_name,
             neuron_kwargs=self.neuron_kwargs,
+            tap_kind=features,
         )
         logits, features = self._forward(x_BHWC.astype(self.dtype), ops, train=train, timesteps=t)
         logits = logits.astype(jnp.float32)

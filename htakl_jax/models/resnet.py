@@ -20,6 +20,7 @@ class BasicBlock(nn.Module):
     ops: LayerFactory
     features: int
     strides: int = 1
+    tap: str | None = None  # the stage name when this block ends a stage
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, timesteps: int) -> jax.Array:
@@ -34,16 +35,17 @@ class BasicBlock(nn.Module):
         y = ops.act(ops.batch_norm(train, name="bn1")(y), timesteps, "act1")
         y = ops.conv(self.features, 3, 1, name="conv2")(y)
         y = ops.batch_norm(train, name="bn2")(y)
-        return ops.act(y + shortcut, timesteps, "act2")
+        return ops.act(y + shortcut, timesteps, "act2", tap=self.tap)
 
 
 def _stages(x, net: Network, ops, widths, blocks, strides, *, train, timesteps):
     block = net.block(BasicBlock)
     for s, (w, n, st) in enumerate(zip(widths, blocks, strides, strict=True)):
         for b in range(n):
-            x = block(ops, net.width(w), st if b == 0 else 1, name=f"stage{s + 1}_block{b}")(
-                x, train, timesteps
-            )
+            tap = f"stage{s + 1}" if b == n - 1 else None
+            stride = st if b == 0 else 1
+            name = f"stage{s + 1}_block{b}"
+            x = block(ops, net.width(w), stride, tap, name=name)(x, train, timesteps)
     return x
 
 

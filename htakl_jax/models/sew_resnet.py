@@ -26,6 +26,7 @@ class SEWBlock(nn.Module):
     ops: LayerFactory
     features: int
     strides: int = 1
+    tap: str | None = None  # the stage name when this block ends a stage
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, timesteps: int) -> jax.Array:
@@ -39,8 +40,14 @@ class SEWBlock(nn.Module):
         y = ops.conv(self.features, 3, self.strides, name="conv1")(x)
         y = ops.act(ops.batch_norm(train, name="bn1")(y), timesteps, "act1")
         y = ops.conv(self.features, 3, 1, name="conv2")(y)
-        y = ops.act(ops.batch_norm(train, name="bn2")(y), timesteps, "act2")
-        return y + shortcut
+        # A stage's output is the spike sum (rate) or its last LIF's input / membrane.
+        spiking_rate = ops.spiking and ops.tap_kind == "rate"
+        act_tap = None if spiking_rate or not ops.spiking else self.tap
+        y = ops.act(ops.batch_norm(train, name="bn2")(y), timesteps, "act2", tap=act_tap)
+        out = y + shortcut
+        if self.tap is not None and (spiking_rate or not ops.spiking):
+            ops.tap(out, timesteps, self.tap)
+        return out
 
 
 class SEWResNet(Network):
@@ -55,8 +62,9 @@ class SEWResNet(Network):
         block = self.block(SEWBlock)
         for s, (w, n, st) in enumerate(zip(widths, self.blocks, strides, strict=True)):
             for b in range(n):
-                x = block(ops, self.width(w), st if b == 0 else 1, name=f"stage{s + 1}_block{b}")(
-                    x, train, timesteps
-                )
+                tap = f"stage{s + 1}" if b == n - 1 else None
+                stride = st if b == 0 else 1
+                name = f"stage{s + 1}_block{b}"
+                x = block(ops, self.width(w), stride, tap, name=name)(x, train, timesteps)
         x = global_avg_pool(x)
         return ops.dense(self.num_classes, name="head")(x), x

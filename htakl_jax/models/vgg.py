@@ -26,13 +26,15 @@ class VGG16(Network):
             x, train=train, timesteps=timesteps
         )
         x = ops.act(x, timesteps, "act1")
-        i = 1
-        for c in VGG16_CFG[1:]:
+        i, stage = 1, 1
+        for c, after in zip(VGG16_CFG[1:], VGG16_CFG[2:] + ("M",), strict=True):
             if c == "M":
                 x = max_pool2(x)
+                stage += 1
                 continue
             i += 1
-            x = self.conv_bn_act(x, ops, i, self.width(c), train, timesteps)
+            tap = f"stage{stage}" if after == "M" else None  # the conv block's last unit
+            x = self.conv_bn_act(x, ops, i, self.width(c), train, timesteps, tap)
         x = global_avg_pool(x)
         for j in (1, 2):
             x = ops.act(ops.dense(self.width(512), name=f"fc{j}")(x), timesteps, f"fc{j}_act")
