@@ -31,10 +31,13 @@ def get_config(arg: str = "quickstart") -> ml_collections.ConfigDict:
     c.base = get_base(base_arg) if base_arg else get_base()
 
     c.grid = ml_collections.ConfigDict()
-    # Distillation methods (see htakl_jax.losses.distillation_loss); "ce" = no KD.
-    c.grid.methods = (
-        ("ce", "fkl", "rkl", "hta_kl") if quick else ("ce", "fkl", "rkl", "symmetric", "hta_kl")
-    )
+    # Distillation methods (htakl_jax.methods): "ce" = no KD, the KL family, and the paper's
+    # comparison methods KDSNN, LaSNN and BKDSNN (the reduced grids keep the KL family they ran).
+    c.grid.methods = ("ce", "fkl", "rkl", "kdsnn", "lasnn", "bkdsnn", "hta_kl")
+    if reduced:
+        c.grid.methods = ("ce", "fkl", "rkl", "symmetric", "hta_kl")
+    elif not quick:
+        c.grid.methods = ("ce", "fkl", "rkl", "symmetric", "kdsnn", "lasnn", "bkdsnn", "hta_kl")
     # Training timesteps of the students (each evaluated at its own T: Table I columns).
     c.grid.timesteps = (1, 2) if quick or reduced else (1, 2, 4, 6)
     # Seeds of the students (parameter init, data order, augmentation); tables show mean ± std.

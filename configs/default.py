@@ -89,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.student = ml_collections.ConfigDict()
     # Training timesteps T of the spiking student.
     c.student.timesteps = 4
-    # ce, fkl, rkl, symmetric, fixed_ratio, hta_kl (see htakl_jax.losses).
+    # ce, fkl, rkl, symmetric, fixed_ratio, hta_kl (see htakl_jax.losses), or the comparison
+    # methods kdsnn, lasnn, bkdsnn (see htakl_jax.methods; their settings in the blocks below).
     c.student.method = "hta_kl"
     # Loss = (1 - alpha) * CE + alpha * KD.
     c.student.alpha = 0.9
@@ -108,6 +109,42 @@ def get_config() -> ml_collections.ConfigDict:
     c.student.momentum = 0.9
     c.student.nesterov = False
     c.student.weight_decay = 5e-4
+
+    # The comparison methods (BASELINES.md; htakl_jax.methods). "features": what the student's
+    # stage taps record: the time mean of the block output spikes ("rate"), of the input current
+    # of the block's last LIF ("preact") or of its charged membrane ("membrane"). Feature methods
+    # need model.remat 'none' or 'neuron'. alpha and temperature of their FKL term: student.*.
+    c.kdsnn = ml_collections.ConfigDict()
+    # Weight of the feature MSE (sum / B) on the pooled last-stage features (BKDSNN's CIFAR value).
+    c.kdsnn.beta = 2e-3
+    # "always": a Dense + BN adapter on the student feature; "if_needed": none (equal widths).
+    c.kdsnn.adapter = "always"
+    # Match the un-pooled last maps through a 1x1 conv + BN adapter instead.
+    c.kdsnn.spatial = False
+    c.kdsnn.features = "rate"
+    c.lasnn = ml_collections.ConfigDict()
+    # "attention": attention transfer on every stage; "mse": BKDSNN's re-implementation (sum / B).
+    c.lasnn.distance = "attention"
+    # Weight of the summed stage terms; None = 1000 (attention) or 2e-3 (mse).
+    c.lasnn.beta = config_dict.placeholder(float)
+    # "joint": every stage from the start (as BKDSNN ran it); "progressive": stage l from epoch
+    # l * warmup_epochs / stages (a guess at the paper's layer-wise paradigm).
+    c.lasnn.schedule = "joint"
+    c.lasnn.warmup_epochs = 30
+    c.lasnn.features = "rate"
+    c.bkdsnn = ml_collections.ConfigDict()
+    # Weight alpha_b of sum / B (G(F_s * M) - F_t)^2 on the last stage (the authors' CIFAR value).
+    c.bkdsnn.alpha = 2e-3
+    # Fraction lambda of student channels blurred (masked) per example and step.
+    c.bkdsnn.mask_ratio = 0.15
+    # Logit term: "wsld" (CE + wsld_weight * WSLD at `temperature`, the authors') or "fkl"
+    # ((1 - alpha) CE + alpha FKL with student.alpha / student.temperature, as HTA-KL's).
+    c.bkdsnn.logit = "wsld"
+    c.bkdsnn.temperature = 2.0
+    c.bkdsnn.wsld_weight = 1.0
+    # Rescale the teacher map to the student's maximum (off in the authors' configs).
+    c.bkdsnn.use_clip = False
+    c.bkdsnn.features = "rate"
 
     c.eval = ml_collections.ConfigDict()
     # Student accuracy is reported at each of these T (same parameters, T overridden at apply).

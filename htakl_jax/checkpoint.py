@@ -5,7 +5,8 @@ Layout of a phase directory (e.g. WORKDIR/teacher):
   best/<step>/         the single state with the highest eval accuracy so far
 Each checkpoint holds three items:
   variables  {'params', 'batch_stats'}  (all a user of the trained model needs)
-  train      {'step', 'opt_state'}      (what resuming needs in addition)
+  train      {'step', 'opt_state'} and, for a distillation method with trainable parts,
+             'method' (their variables and optimizer state): what resuming needs in addition
   meta       JSON: epoch, eval accuracy, best accuracy, whether the phase finished, and the model
              description (name, width_mult, num_classes, spiking, timesteps) checked on restore.
 The RNG is not stored: every random stream derives from (config.seed, step).
@@ -156,9 +157,7 @@ class PhaseCheckpoints:
             variables=ocp.args.StandardRestore(
                 {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
             ),
-            train=ocp.args.StandardRestore(
-                {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
-            ),
+            train=ocp.args.StandardRestore(_train_item(abstract_state)),
             meta=ocp.args.JsonRestore(),
         )
         restored = _restore_newest_good(directory, lambda s: self._latest.restore(s, args=args))
@@ -168,6 +167,7 @@ class PhaseCheckpoints:
             opt_state=restored.train["opt_state"],
             params=restored.variables["params"],
             batch_stats=restored.variables["batch_stats"],
+            method=restored.train.get("method", {}),
         )
         return state, dict(restored.meta)
 
@@ -181,10 +181,17 @@ class PhaseCheckpoints:
         self._best.close()
 
 
+def _train_item(state: Any) -> dict:
+    """What resuming needs besides the variables: the step, the optimizer state and, for a
+    distillation method with trainable parts, their variables and optimizer state."""
+    item = {"step": state.step, "opt_state": state.opt_state}
+    return item | ({"method": state.method} if state.method else {})
+
+
 def _save_args(state: Any, meta: dict) -> ocp.args.Composite:
     return ocp.args.Composite(
         variables=ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
-        train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+        train=ocp.args.StandardSave(_train_item(state)),
         meta=ocp.args.JsonSave(meta),
     )
 

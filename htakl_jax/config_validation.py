@@ -18,13 +18,13 @@ import ml_collections
 
 from htakl_jax import checkpoint as ckpt_lib
 from htakl_jax import data as data_lib
-from htakl_jax import losses, neurons, runs, surrogate
+from htakl_jax import methods, neurons, runs, surrogate
 from htakl_jax.models import DTYPES, MODELS, REMAT_MODES
 from htakl_jax.parallel import INIT_MODES
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 # Keys whose value may be None (placeholders in the default config), with the type otherwise.
-_NULLABLE = {"model.neuron.v_reset": float, "student.head_ratio": float}
+_NULLABLE = {"model.neuron.v_reset": float, "student.head_ratio": float, "lasnn.beta": float}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -122,8 +122,8 @@ def _check_neuron(n: ml_collections.ConfigDict) -> None:
 
 def _check_student(s: ml_collections.ConfigDict) -> None:
     _require(s.timesteps >= 1, "student.timesteps", "(T) must be >= 1", s.timesteps)
-    methods = sorted(losses.METHODS)
-    _require(s.method in losses.METHODS, "student.method", f"must be one of {methods}", s.method)
+    names = sorted(methods.NAMES)
+    _require(s.method in methods.NAMES, "student.method", f"must be one of {names}", s.method)
     _require(0.0 <= s.alpha <= 1.0, "student.alpha", "must be in [0, 1]", s.alpha)
     _require(s.temperature > 0, "student.temperature", "must be > 0", s.temperature)
     _require(0.0 < s.mu <= 1.0, "student.mu", "must be in (0, 1]", s.mu)
@@ -137,6 +137,38 @@ def _check_student(s: ml_collections.ConfigDict) -> None:
     if s.head_ratio is not None:
         _require(
             0.0 <= s.head_ratio <= 1.0, "student.head_ratio", "must be in [0, 1]", s.head_ratio
+        )
+
+
+def _one_of(c: ml_collections.ConfigDict, key: str, allowed: tuple) -> None:
+    value = c[key.split(".")[0]][key.split(".")[1]]
+    _require(value in allowed, key, f"must be one of {allowed}", value)
+
+
+def _check_methods(c: ml_collections.ConfigDict) -> None:
+    """The comparison methods' blocks (htakl_jax.methods), whichever method is selected."""
+    for key in ("kdsnn.beta", "bkdsnn.alpha", "bkdsnn.wsld_weight", "lasnn.warmup_epochs"):
+        value = c[key.split(".")[0]][key.split(".")[1]]
+        _require(value >= 0, key, "must be >= 0", value)
+    beta = c.lasnn.beta
+    _require(beta is None or beta >= 0, "lasnn.beta", "must be >= 0 (or None)", beta)
+    _require(
+        0 <= c.bkdsnn.mask_ratio <= 1, "bkdsnn.mask_ratio", "must be in [0, 1]", c.bkdsnn.mask_ratio
+    )
+    _require(c.bkdsnn.temperature > 0, "bkdsnn.temperature", "must be > 0", c.bkdsnn.temperature)
+    _one_of(c, "kdsnn.adapter", ("always", "if_needed"))
+    _one_of(c, "lasnn.distance", ("attention", "mse"))
+    _one_of(c, "lasnn.schedule", ("joint", "progressive"))
+    _one_of(c, "bkdsnn.logit", ("wsld", "fkl"))
+    for block in methods.FEATURE_METHODS:
+        _one_of(c, f"{block}.features", neurons.TAP_KINDS)
+    if c.student.method in methods.FEATURE_METHODS:
+        _require(
+            c.model.remat != "block",
+            "model.remat",
+            f"must be 'none' or 'neuron' for method {c.student.method} (block remat passes no "
+            "gradient through the stage features)",
+            c.model.remat,
         )
 
 
@@ -181,6 +213,7 @@ def check_values(config: ml_collections.ConfigDict, *, num_devices: int) -> None
     _check_data_and_model(config)
     _check_neuron(config.model.neuron)
     _check_student(config.student)
+    _check_methods(config)
     for phase in runs.PHASES:
         _check_phase(config, phase, num_devices)
     _check_eval_and_run(config, num_devices)

@@ -31,7 +31,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htakl_jax import checkpoint, config_validation, losses, runs, train
+from htakl_jax import checkpoint, config_validation, methods, runs, train
 from htakl_jax.analysis import grid as grid_lib
 from htakl_jax.analysis import report
 
@@ -64,18 +64,18 @@ def _ints(key: str, values: Any) -> tuple[int, ...]:
 
 def grid_cells(cfg: ml_collections.ConfigDict) -> list[Cell]:
     """Main grid (methods x grid.timesteps x grid.seeds), then the fixed-ratio ablation cells."""
-    methods = tuple(cfg.grid.methods)
-    bad = [m for m in methods if m not in losses.METHODS or m == "fixed_ratio"]
-    if not methods or bad:
+    names = tuple(cfg.grid.methods)
+    bad = [m for m in names if m not in methods.NAMES or m == "fixed_ratio"]
+    if not names or bad:
         raise ValueError(
-            f"config.grid.methods {methods!r}: invalid {bad}; choose from "
-            f"{sorted(set(losses.METHODS) - {'fixed_ratio'})} (fixed ratios: config.ablation)"
+            f"config.grid.methods {names!r}: invalid {bad}; choose from "
+            f"{sorted(set(methods.NAMES) - {'fixed_ratio'})} (fixed ratios: config.ablation)"
         )
     ts = _ints("grid.timesteps", cfg.grid.timesteps)
     if min(ts) < 1:
         raise ValueError(f"config.grid.timesteps must be >= 1, got {ts!r}")
     seeds = _ints("grid.seeds", cfg.grid.seeds)
-    cells = [Cell(m, t, s) for m in methods for t in ts for s in seeds]
+    cells = [Cell(m, t, s) for m in names for t in ts for s in seeds]
     ratios = tuple(cfg.ablation.head_ratios)
     if ratios:
         if not all(isinstance(r, int | float) and 0.0 <= r <= 1.0 for r in ratios):
@@ -252,10 +252,14 @@ def main(argv: list[str]) -> None:
     checkpoint.quiet_orbax_logging()
     cfg, workdir = FLAGS.config, FLAGS.workdir
     try:
-        grid_cells(cfg)
+        cells = grid_cells(cfg)
         config_validation.validate(
             cfg.base, mode="all", workdir=workdir, num_devices=jax.device_count()
         )
+        for cell in cells:  # each cell's method and its settings
+            config_validation.check_values(
+                cell_config(cfg, cell, workdir), num_devices=jax.device_count()
+            )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

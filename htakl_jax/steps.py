@@ -26,21 +26,28 @@ import ml_collections
 import optax
 
 from htakl_jax import data as data_lib
-from htakl_jax import losses, parallel, runs
+from htakl_jax import layers, losses, methods, parallel, runs
+from htakl_jax.neurons import FEATURES
 from htakl_jax.parallel import DATA_AXIS
 
-# Separates the phases' augmentation streams.
+# Separates the phases' augmentation streams, and the methods' random masks from both.
 PHASE_STREAMS = {"teacher": 0, "student": 1}
+METHOD_STREAM = 2
 
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training. `step` counts optimizer updates (int32 scalar)."""
+    """Everything that changes during training. `step` counts optimizer updates (int32 scalar).
+
+    `method`: the distillation method's trainable parts (`methods.Method.parts`) as
+    {'params', 'batch_stats', 'opt_state'}, updated by the same optimizer; {} for methods without.
+    """
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
+    method: Any = flax.struct.field(default_factory=dict)
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -80,16 +87,27 @@ def make_optimizer(
 
 
 def init_state(
-    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    image_shape: tuple,
+    method_init: Callable[[jax.Array], dict] | None = None,
 ) -> TrainState:
-    """Initial TrainState for images of shape `image_shape` [H, W, 3] (pure; jit/eval_shape it)."""
+    """Initial TrainState for images of shape `image_shape` [H, W, 3] (pure; jit/eval_shape it).
+
+    `method_init(key)`: the method's initial trainable variables ({'params', 'batch_stats'}).
+    """
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
+    method = {} if method_init is None else method_init(jax.random.fold_in(key, 1))
+    if method:
+        method = method | {"opt_state": tx.init(method["params"])}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
+        method=method,
     )
 
 
@@ -125,14 +143,23 @@ def _accuracy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
     return jnp.mean((jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32))
 
 
-def _update(state: TrainState, tx, grads, batch_stats) -> TrainState:
+def _update(
+    state: TrainState, tx, grads, batch_stats, method_grads=None, method_stats=None
+) -> TrainState:
     grads = jax.lax.pmean(grads, DATA_AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    method = state.method
+    if method:
+        method_grads = jax.lax.pmean(method_grads, DATA_AXIS)
+        m_updates, m_opt = tx.update(method_grads, method["opt_state"], method["params"])
+        params = optax.apply_updates(method["params"], m_updates)
+        method = {"params": params, "batch_stats": method_stats, "opt_state": m_opt}
     return TrainState(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
+        method=method,
     )
 
 
@@ -165,6 +192,24 @@ def teacher_step(
     return _update(state, tx, grads, batch_stats), jax.lax.pmean(metrics, DATA_AXIS)
 
 
+def _teacher_outputs(teacher: nn.Module, variables: Any, x: jax.Array, method: Any) -> tuple:
+    """Frozen-teacher logits [B, C] (None when the method reads none) and stage features."""
+    if not method.uses_teacher:
+        return None, ()
+    if method.tap_kind is None:
+        return jax.lax.stop_gradient(teacher.apply(variables, x, train=False)), ()
+    logits, taps = teacher.apply(variables, x, train=False, features="rate", mutable=[FEATURES])
+    return jax.lax.stop_gradient((logits, tuple(layers.stage_features(taps[FEATURES]))))
+
+
+def _example_keys(seed: int, step: jax.Array, batch: int) -> jax.Array:
+    """One key per example of the local batch [B], from (seed, method stream, step, global index):
+    the same masks on any mesh and after a resume."""
+    offset = jax.lax.axis_index(DATA_AXIS) * batch
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), METHOD_STREAM), step)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(batch))
+
+
 def distill_step(
     state: TrainState,
     teacher_variables: Any,
@@ -175,35 +220,38 @@ def distill_step(
     teacher: nn.Module,
     tx: optax.GradientTransformation,
     augment: Callable[..., jax.Array],
-    loss_kwargs: dict[str, Any],
+    method: Any,
+    seed: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step of the SNN on distillation_loss against the frozen teacher (eval-mode BN).
-
-    Student logits are [T, B, C]; the loss and accuracy use their mean over T.
-    """
+    """One SGD step of the SNN on `method`'s loss (`methods.Method`) against the frozen teacher
+    (eval-mode BN). Student logits are [T, B, C]; accuracy uses their mean over T."""
     x = augment(images_BHWC, step=state.step)
-    if loss_kwargs["method"] == "ce":
-        teacher_logits_BC = None  # CE-only baseline: no teacher forward pass
-    else:
-        teacher_logits_BC = jax.lax.stop_gradient(teacher.apply(teacher_variables, x, train=False))
+    teacher_logits_BC, teacher_feats = _teacher_outputs(teacher, teacher_variables, x, method)
+    keys = _example_keys(seed, state.step, x.shape[0]) if method.uses_keys else None
+    mutable = ["batch_stats"] + ([FEATURES] if method.tap_kind else [])
 
-    def loss_fn(params):
+    def loss_fn(params, method_params):
         logits_TBC, new_vars = student.apply(
             {"params": params, "batch_stats": state.batch_stats},
             x,
             train=True,
-            mutable=["batch_stats"],
+            features=method.tap_kind,
+            mutable=mutable,
         )
-        t_logits = jnp.zeros_like(logits_TBC[0]) if teacher_logits_BC is None else teacher_logits_BC
-        loss, parts = losses.distillation_loss(logits_TBC, t_logits, labels_B, **loss_kwargs)
-        return loss, (logits_TBC, parts, new_vars["batch_stats"])
+        student_feats = layers.stage_features(new_vars[FEATURES]) if method.tap_kind else ()
+        inputs = methods.Inputs(
+            logits_TBC, teacher_logits_BC, labels_B, student_feats, teacher_feats, keys
+        )
+        method_vars = {"params": method_params, "batch_stats": state.method.get("batch_stats")}
+        loss, parts, method_stats = method.loss(method_vars, inputs, state.step)
+        return loss, (logits_TBC, parts, new_vars["batch_stats"], method_stats)
 
-    (loss, (logits_TBC, parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
-    metrics = {k: parts[k] for k in ("ce", "kd", "w_head", "w_tail")}
-    metrics |= {"loss": loss, "accuracy": _accuracy(jnp.mean(logits_TBC, 0), labels_B)}
-    return _update(state, tx, grads, batch_stats), jax.lax.pmean(metrics, DATA_AXIS)
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    (loss, aux), (grads, method_grads) = grad_fn(state.params, state.method.get("params", {}))
+    logits_TBC, parts, batch_stats, method_stats = aux
+    metrics = dict(parts) | {"loss": loss, "accuracy": _accuracy(jnp.mean(logits_TBC, 0), labels_B)}
+    new_state = _update(state, tx, grads, batch_stats, method_grads, method_stats)
+    return new_state, jax.lax.pmean(metrics, DATA_AXIS)
 
 
 def eval_step(
@@ -229,18 +277,6 @@ def eval_step(
 
 
 # ----------------------------------------------------------------------------- compiled steps
-
-
-def loss_kwargs_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """distillation_loss keyword arguments from config.student."""
-    s = config.student
-    return dict(
-        method=s.method,
-        alpha=s.alpha,
-        temperature=s.temperature,
-        mu=s.mu,
-        head_ratio=s.head_ratio,
-    )
 
 
 def step_compiler_options(config: ml_collections.ConfigDict) -> dict[str, str] | None:
@@ -291,15 +327,18 @@ def compile_distill_step(
     mesh: jax.sharding.Mesh,
     config: ml_collections.ConfigDict,
     info: Any,
+    method: methods.Method | None = None,
 ) -> Callable:
-    """Jitted data-parallel `(state, teacher_variables, images, labels) -> (state, metrics)`."""
+    """Jitted data-parallel `(state, teacher_variables, images, labels) -> (state, metrics)`;
+    `method` defaults to `methods.get(config)`."""
     fn = functools.partial(
         distill_step,
         student=student,
         teacher=teacher,
         tx=tx,
         augment=_augment_fn(config, info, "student"),
-        loss_kwargs=loss_kwargs_from(config),
+        method=method or methods.get(config),
+        seed=config.seed,
     )
     return parallel.data_parallel(
         fn, mesh, num_replicated=2, num_sharded=2, compiler_options=step_compiler_options(config)
@@ -319,6 +358,28 @@ def compile_eval_step(
         num_sharded=3,
         donate_first=False,
         compiler_options=parallel.cpu_compiler_options(),
+    )
+
+
+def _stage_shapes(model: nn.Module, image_shape: tuple, kind: str) -> list:
+    """Shapes (ShapeDtypeStructs) of `model`'s stage features for one image, traced only."""
+
+    def run(x):
+        variables = model.init(jax.random.key(0), x, train=False)
+        _, taps = model.apply(variables, x, train=False, features=kind, mutable=[FEATURES])
+        return layers.stage_features(taps[FEATURES])
+
+    return jax.eval_shape(run, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+
+
+def _method_init(method: methods.Method, student, teacher, image_shape) -> Callable | None:
+    """key -> the method's initial trainable variables, or None when it has none."""
+    if method.parts is None:
+        return None
+    return functools.partial(
+        method.init,
+        student_features=_stage_shapes(student, image_shape, method.tap_kind),
+        teacher_features=_stage_shapes(teacher, image_shape, "rate"),
     )
 
 
@@ -356,12 +417,18 @@ def phase_program(
     spiking = phase == "student"
     model = runs.build_model(config, num_classes=info.num_classes, spiking=spiking)
     tx, schedule = make_optimizer(config[phase], steps_per_epoch)
+    image_shape = tuple(info.image_size) + (3,)
+    method_init = None
     if spiking:
         teacher = runs.build_model(config, num_classes=info.num_classes, spiking=False)
-        step_fn = compile_distill_step(model, teacher, tx, mesh, config, info)
+        method = methods.get(config, steps_per_epoch=max(steps_per_epoch, 1))
+        step_fn = compile_distill_step(model, teacher, tx, mesh, config, info, method)
+        method_init = _method_init(method, model, teacher, image_shape)
     else:
         step_fn = compile_teacher_step(model, tx, mesh, config, info)
-    init = functools.partial(init_state, model, tx, image_shape=tuple(info.image_size) + (3,))
+    init = functools.partial(
+        init_state, model, tx, image_shape=image_shape, method_init=method_init
+    )
     init_fn = jax.jit(init, out_shardings=parallel.replicated(mesh))
     eval_fn = compile_eval_step(model, mesh, info)
     return PhaseProgram(phase, model, tx, schedule, steps_per_epoch, init_fn, step_fn, eval_fn)

@@ -35,6 +35,9 @@ _METHOD_NAMES = {
     "symmetric": "Symmetric KL",
     "fixed_ratio": "Fixed ratio",
     "hta_kl": "HTA-KL",
+    "kdsnn": "KDSNN",
+    "lasnn": "LaSNN",
+    "bkdsnn": "BKDSNN",
     "teacher": "Teacher ANN",
 }
 
