@@ -13,19 +13,30 @@ ours computes the first conv + BN once (identical result). Ratios:
 - ``snn / (T x ann)``: goal <= 1.10 (and <= 1.0 at T = 1),
 - ``sj / snn``: goal >= 1.0 (ours at least as fast as SpikingJelly).
 
+With ``--methods``, instead: the training program's own distillation step
+(``steps.phase_program``: augmentation, frozen teacher, student, the method's loss and parts,
+SGD update) for each method at each T, timed round-robin, relative to HTA-KL's; ``fkl + taps``
+is FKL that also sows both networks' stage features, the taps' cost alone.
+
   python benchmarks/step.py --out step.json
+  python benchmarks/step.py --models resnet20 --timesteps 2 --methods hta_kl fkl kdsnn lasnn \
+      bkdsnn "fkl + taps"
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import runpy
+import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from htakl_jax import losses, surrogate
+from htakl_jax import losses, methods, parallel, runs, steps, surrogate
 from htakl_jax.layers import scale_width
 from htakl_jax.models import get_model
 from htakl_jax.parallel import cpu_compiler_options
@@ -39,6 +50,7 @@ from common import (
     write_json,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 IMAGE = 32
 CLASSES = 10
 
@@ -191,6 +203,81 @@ def sj_runner(peer, name: str, *, timesteps: int, width: float, batch: int, dtyp
     return run
 
 
+# ----------------------------------------------------------------------------- per method
+
+
+def _taps_only(config) -> methods.Method:
+    """FKL that also taps both networks' stage features (multiplied by 0): the taps' cost alone."""
+    fkl = methods.get(config)
+
+    def loss(variables, inputs, step):
+        total, parts, stats = fkl.loss(variables, inputs, step)
+        taps = sum(jnp.sum(f) for f in (*inputs.student_features, *inputs.teacher_features))
+        return total + 0.0 * taps, parts, stats
+
+    return methods.Method("fkl + taps", loss, tap_kind="rate")
+
+
+def distill_runner(name: str, method: str, *, timesteps: int, width: float, batch: int, dtype):
+    """The training program's own distillation step (steps.phase_program) for `method`, on one
+    device and one fixed batch, with a randomly initialised teacher."""
+    config = runpy.run_path(str(ROOT / "configs" / "default.py"))["get_config"]()
+    config.model.name, config.model.width_mult, config.model.dtype = name, width, dtype
+    config.student.timesteps, config.student.batch_size = timesteps, batch
+    config.student.method = "fkl" if method == "fkl + taps" else method
+    info = types.SimpleNamespace(
+        num_classes=CLASSES, image_size=(IMAGE, IMAGE), mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    program = steps.phase_program("student", config, mesh=mesh, info=info, num_train=batch)
+    if method == "fkl + taps":
+        teacher = runs.build_model(config, num_classes=CLASSES, spiking=False)
+        step_fn = steps.compile_distill_step(
+            program.model, teacher, program.tx, mesh, config, info, _taps_only(config)
+        )
+    else:
+        step_fn = program.step_fn
+    teacher = runs.build_model(config, num_classes=CLASSES, spiking=False)
+    x = jnp.zeros((1, IMAGE, IMAGE, 3))
+    t_vars = jax.device_put(
+        teacher.init(jax.random.key(1), x, train=False), parallel.replicated(mesh)
+    )
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, IMAGE, IMAGE, 3), dtype=np.uint8)
+    labels = rng.integers(0, CLASSES, batch).astype(np.int32)
+    batch_arrays = parallel.global_batch((images, labels), mesh)
+    box = [program.init_fn(jax.random.key(0))]
+
+    def run():
+        box[0], _ = step_fn(box[0], t_vars, *batch_arrays)
+        jax.block_until_ready(box[0])
+
+    return run
+
+
+def bench_methods(args) -> list[dict]:
+    """Student step time of each distillation method, relative to HTA-KL's, per model."""
+    rows = []
+    for name in args.models:
+        for t in args.timesteps:
+            common = dict(timesteps=t, width=args.width_mult, batch=args.batch, dtype=args.dtype)
+            fns = {m: distill_runner(name, m, **common) for m in args.methods}
+            times = time_interleaved(fns, repeats=args.repeats)
+            ref = times.get("hta_kl")
+            for m, sec in times.items():
+                rows.append(
+                    {
+                        "model": name,
+                        "T": t,
+                        "method": m,
+                        "step ms": 1e3 * sec,
+                        "img/s": args.batch / sec,
+                        "/ hta_kl": None if ref is None else sec / ref,
+                    }
+                )
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -234,7 +321,19 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-peer", action="store_true", help="skip SpikingJelly")
     parser.add_argument("--out", default=None, help="write results as JSON here")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=[*methods.NAMES, "fkl + taps"],
+        help="instead: the training program's distillation step per method, vs hta_kl",
+    )
     args = parser.parse_args()
+    if args.methods is not None:
+        rows = bench_methods(args)
+        print_table(rows, ["model", "T", "method", "step ms", "img/s", "/ hta_kl"])
+        write_json(args.out, {"benchmark": "step-methods", "rows": rows, "args": vars(args)})
+        return
     peer = None if args.no_peer else try_import_torch()
     print(
         f"device={jax.devices()[0].device_kind} dtype={args.dtype} batch={args.batch} "

@@ -137,6 +137,24 @@ def test_distill_step_sharded_equals_single_device(setup):
     np.testing.assert_allclose(m4[0]["w_head"] + m4[0]["w_tail"], 1.0, rtol=1e-5)
 
 
+def test_bkdsnn_step_sharded_equals_single_device(setup):
+    """BKDSNN's per-example masks and its restoration block: 4 devices give 1 device's update."""
+    config, info, batches, _, meshes = setup
+    config = config.copy_and_resolve_references()
+    config.student.method = "bkdsnn"
+    teacher = runs.build_model(config, num_classes=10, spiking=False)
+    t_vars = teacher.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)), train=False)
+    results = {}
+    for n, mesh in meshes.items():
+        program = steps.phase_program("student", config, mesh=mesh, info=info, num_train=80)
+        state0 = jax.device_get(program.init_fn(jax.random.key(0)))
+        results[n] = _run(program.step_fn, state0, (t_vars,), batches, mesh)
+    (state1, _), (state4, m4) = results[1], results[4]
+    _assert_close(state4, state1)
+    _assert_trees_close(state4.method["params"], state1.method["params"], 1e-5)
+    assert "feat" in m4[0] and np.isfinite(m4[0]["feat"])
+
+
 def test_augmentation_is_device_count_invariant_and_varies_per_step():
     images = np.random.default_rng(0).integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
     prep = functools.partial(
