@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from htakl_jax import checkpoint, evaluate, parallel, runs, steps, train
+from htakl_jax import checkpoint, evaluate, methods, parallel, runs, steps, train
 from htakl_jax import metrics as metrics_lib
 from htakl_jax.analysis import tables
 
@@ -82,7 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="CPU rehearsal setting")
     args = parser.parse_args(argv)
     args.methods = tuple(m for m in args.methods.split(",") if m)
-    bad = [m for m in args.methods if m not in ("hta_kl", "fkl", "rkl", "symmetric", "ce")]
+    bad = [m for m in args.methods if m not in methods.NAMES or m == "fixed_ratio"]
     if bad:
         parser.error(f"--methods: unknown {bad}")
     if not Path(args.data).is_file():
