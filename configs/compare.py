@@ -52,6 +52,9 @@ def get_config(arg: str = "quickstart") -> ml_collections.ConfigDict:
     # (reduced: the interior ratios only; r = 1 is FKL and r = 0 is RKL, already in the grid.)
     if reduced:
         c.ablation.head_ratios = (0.25, 0.5, 0.75)
+    # HTA-KL with its weights from the distributions at these temperatures (student.
+    # weight_temperature; the grid's HTA-KL uses the KD temperature), at the ablation T and seeds.
+    c.ablation.weight_temperatures = ()
     c.ablation.timesteps = 1 if reduced else 2 if quick else 4
     c.ablation.seeds = (0,)
 

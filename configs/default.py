@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "test"
     # Train on a class-balanced subset of this many train examples (0 = the whole split).
     c.data.train_examples = 0
+    # The teacher's training subset size instead of train_examples (None = the same subset; 0 =
+    # every example not held out): a teacher on all the data beside a student on a subset.
+    c.data.teacher_train_examples = config_dict.placeholder(int)
     # Hold this many class-balanced train examples out of training (0 = none) ...
     c.data.validation_examples = 0
     # ... and evaluate on them instead of eval_split: tune hyperparameters without the test set.
@@ -98,6 +101,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.student.temperature = 4.0
     # HTA-KL head threshold: cumulative teacher mass of the head, in (0, 1].
     c.student.mu = 0.5
+    # hta_kl only: temperature of the distributions its head/tail weights come from; None = the
+    # KD temperature (one softened pair for loss and weights, the literal reading of the paper).
+    # 1.0 = the unsoftened distributions (AKL's LLM reference; the common CIFAR port).
+    c.student.weight_temperature = config_dict.placeholder(float)
     # fixed_ratio only: weight r of FKL (1 - r for RKL), in [0, 1]; None elsewhere.
     c.student.head_ratio = config_dict.placeholder(float)
     # Teacher checkpoint directory ('' = WORKDIR/teacher); its best-accuracy checkpoint is used.

@@ -24,7 +24,13 @@ from htakl_jax.parallel import INIT_MODES
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 # Keys whose value may be None (placeholders in the default config), with the type otherwise.
-_NULLABLE = {"model.neuron.v_reset": float, "student.head_ratio": float, "lasnn.beta": float}
+_NULLABLE = {
+    "model.neuron.v_reset": float,
+    "student.head_ratio": float,
+    "student.weight_temperature": float,
+    "data.teacher_train_examples": int,
+    "lasnn.beta": float,
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -87,6 +93,9 @@ def _check_data_and_model(c: ml_collections.ConfigDict) -> None:
     _require(c.data.pad >= 0, "data.pad", "must be >= 0", c.data.pad)
     for key in ("train_examples", "validation_examples"):
         _require(c.data[key] >= 0, f"data.{key}", "must be >= 0 (0 = off)", c.data[key])
+    teacher_n = c.data.teacher_train_examples
+    if teacher_n is not None:
+        _require(teacher_n >= 0, "data.teacher_train_examples", "must be >= 0 or None", teacher_n)
     _require(
         c.data.validation_examples > 0 or not c.data.eval_on_validation,
         "data.eval_on_validation",
@@ -138,6 +147,9 @@ def _check_student(s: ml_collections.ConfigDict) -> None:
         _require(
             0.0 <= s.head_ratio <= 1.0, "student.head_ratio", "must be in [0, 1]", s.head_ratio
         )
+    if s.weight_temperature is not None:
+        w = s.weight_temperature
+        _require(w > 0, "student.weight_temperature", "must be > 0 (or None)", w)
 
 
 def _one_of(c: ml_collections.ConfigDict, key: str, allowed: tuple) -> None:

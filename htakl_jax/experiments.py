@@ -41,18 +41,21 @@ CELLS_DIR = "cells"
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One student of the grid: distillation ``method`` (with ``head_ratio`` for fixed_ratio),
-    training ``timesteps`` and ``seed``."""
+    """One student of the grid: distillation ``method`` (with ``head_ratio`` for fixed_ratio, and
+    for hta_kl optionally the ``weight_temperature`` of its weights), training ``timesteps`` and
+    ``seed``."""
 
     method: str
     timesteps: int
     seed: int
     head_ratio: float | None = None
+    weight_temperature: float | None = None
 
     @property
     def name(self) -> str:
         ratio = "" if self.head_ratio is None else f"_r{self.head_ratio:.2f}"
-        return f"{self.method}{ratio}_T{self.timesteps}_s{self.seed}"
+        weights = "" if self.weight_temperature is None else f"_w{self.weight_temperature:g}"
+        return f"{self.method}{ratio}{weights}_T{self.timesteps}_s{self.seed}"
 
 
 def _ints(key: str, values: Any) -> tuple[int, ...]:
@@ -62,8 +65,34 @@ def _ints(key: str, values: Any) -> tuple[int, ...]:
     return values
 
 
+def _ablation_cells(cfg: ml_collections.ConfigDict) -> list[Cell]:
+    """The fixed head ratios and the HTA-KL weight temperatures at ablation.timesteps and seeds,
+    with adaptive HTA-KL at the same T and seeds as their reference."""
+    ratios = tuple(cfg.ablation.head_ratios)
+    weight_temperatures = tuple(cfg.ablation.weight_temperatures)
+    if not ratios and not weight_temperatures:
+        return []
+    if not all(isinstance(r, int | float) and 0.0 <= r <= 1.0 for r in ratios):
+        raise ValueError(f"config.ablation.head_ratios must lie in [0, 1], got {ratios!r}")
+    if not all(isinstance(w, int | float) and w > 0 for w in weight_temperatures):
+        raise ValueError(
+            f"config.ablation.weight_temperatures must be > 0, got {weight_temperatures!r}"
+        )
+    t = int(cfg.ablation.timesteps)
+    if t < 1:
+        raise ValueError(f"config.ablation.timesteps must be >= 1, got {t!r}")
+    seeds = _ints("ablation.seeds", cfg.ablation.seeds)
+    cells = [Cell("fixed_ratio", t, s, head_ratio=float(r)) for r in ratios for s in seeds]
+    cells += [
+        Cell("hta_kl", t, s, weight_temperature=float(w))
+        for w in weight_temperatures
+        for s in seeds
+    ]
+    return cells + [Cell("hta_kl", t, s) for s in seeds]
+
+
 def grid_cells(cfg: ml_collections.ConfigDict) -> list[Cell]:
-    """Main grid (methods x grid.timesteps x grid.seeds), then the fixed-ratio ablation cells."""
+    """Main grid (methods x grid.timesteps x grid.seeds), then the ablation cells."""
     names = tuple(cfg.grid.methods)
     bad = [m for m in names if m not in methods.NAMES or m == "fixed_ratio"]
     if not names or bad:
@@ -76,18 +105,7 @@ def grid_cells(cfg: ml_collections.ConfigDict) -> list[Cell]:
         raise ValueError(f"config.grid.timesteps must be >= 1, got {ts!r}")
     seeds = _ints("grid.seeds", cfg.grid.seeds)
     cells = [Cell(m, t, s) for m in names for t in ts for s in seeds]
-    ratios = tuple(cfg.ablation.head_ratios)
-    if ratios:
-        if not all(isinstance(r, int | float) and 0.0 <= r <= 1.0 for r in ratios):
-            raise ValueError(f"config.ablation.head_ratios must lie in [0, 1], got {ratios!r}")
-        t = int(cfg.ablation.timesteps)
-        if t < 1:
-            raise ValueError(f"config.ablation.timesteps must be >= 1, got {t!r}")
-        a_seeds = _ints("ablation.seeds", cfg.ablation.seeds)
-        cells += [Cell("fixed_ratio", t, s, float(r)) for r in ratios for s in a_seeds]
-        # The adaptive reference of the sweep, in case the main grid lacks it.
-        cells += [Cell("hta_kl", t, s) for s in a_seeds]
-    return list(dict.fromkeys(cells))
+    return list(dict.fromkeys(cells + _ablation_cells(cfg)))
 
 
 def cell_dir(workdir: str, cell: Cell) -> str:
@@ -109,6 +127,7 @@ def cell_config(
         c.seed = cell.seed
         c.student.method = cell.method
         c.student.head_ratio = cell.head_ratio
+        c.student.weight_temperature = cell.weight_temperature
         c.student.timesteps = cell.timesteps
         c.student.teacher_checkpoint = shared_teacher_dir(workdir)
         c.eval.timesteps = tuple(

@@ -135,6 +135,7 @@ def _kl_objective(config: ml_collections.ConfigDict, method: str, inputs: Inputs
         temperature=s.temperature,
         mu=s.mu,
         head_ratio=s.head_ratio,
+        weight_temperature=s.weight_temperature,
     )
 
 

@@ -111,27 +111,36 @@ def model_meta(config: ml_collections.ConfigDict, *, num_classes: int, spiking: 
 # ----------------------------------------------------------------------------- data
 
 
-def load_data(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset, Any]:
-    """(train, eval, DatasetInfo of the train split) from config.data.
+def load_data(
+    config: ml_collections.ConfigDict, *, phase: str = "student"
+) -> tuple[Dataset, Dataset, Any]:
+    """(train, eval, DatasetInfo of the train split) from config.data for `phase`.
 
     mean/std come from the whole train split. data.train_examples > 0 trains on a class-balanced
-    subset; data.validation_examples > 0 holds that many train examples out of training, and
-    data.eval_on_validation evaluates on them instead of data.eval_split (for tuning). Both
-    subsets are drawn with data.subset_seed (see htakl_jax.data.subsets).
+    subset (the teacher on data.teacher_train_examples instead, when that is set);
+    data.validation_examples > 0 holds that many train examples out of training, and
+    data.eval_on_validation evaluates on them instead of data.eval_split (for tuning). All
+    subsets are drawn with data.subset_seed (see htakl_jax.data.subsets), so the hold-out is the
+    same for both phases.
     """
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     d = config.data
+    train_examples, key = d.train_examples, "train_examples"
+    if phase == "teacher" and d.teacher_train_examples is not None:
+        train_examples, key = d.teacher_train_examples, "teacher_train_examples"
     kwargs = dict(data_dir=d.data_dir or None, cache_dir=d.cache_dir or None)
     tr_images, tr_labels, info = data_lib.load_split(d.name, d.train_split, **kwargs)
     try:
         train_idx, val_idx = data_lib.balanced_split(
             tr_labels,
             info.num_classes,
-            train_examples=d.train_examples,
+            train_examples=train_examples,
             validation_examples=d.validation_examples,
             seed=d.subset_seed,
         )
     except ValueError as e:
-        raise ValueError(f"config.data.train_examples / validation_examples: {e}") from e
+        raise ValueError(f"config.data.{key} / validation_examples: {e}") from e
     if d.eval_on_validation:
         eval_ds = Dataset(tr_images[val_idx], tr_labels[val_idx])
     else:
@@ -142,7 +151,7 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset, Any]
                 f"{d.train_split!r} has {info.num_classes}"
             )
         eval_ds = Dataset(ev_images, ev_labels)
-    if d.train_examples or d.validation_examples:
+    if train_examples or d.validation_examples:
         train_ds = Dataset(tr_images[train_idx], tr_labels[train_idx])
     else:
         train_ds = Dataset(tr_images, tr_labels)

@@ -343,13 +343,18 @@ def train_and_evaluate(
     plan = _plan(config, workdir, mode)
     mesh = parallel.make_mesh()
     train_ds, eval_ds, info = runs.load_data(config)
+    train_sets = {"student": train_ds, "teacher": train_ds}
+    if config.data.teacher_train_examples is not None:
+        train_sets["teacher"] = runs.load_data(config, phase="teacher")[0]
     config_validation.check_existing_checkpoints(
         config, info.num_classes, mode=mode, workdir=workdir
     )
     for phase in plan.phases:
-        _check_batch(config, phase, len(train_ds))
+        _check_batch(config, phase, len(train_sets[phase]))
     programs = {
-        phase: steps.phase_program(phase, config, mesh=mesh, info=info, num_train=len(train_ds))
+        phase: steps.phase_program(
+            phase, config, mesh=mesh, info=info, num_train=len(train_sets[phase])
+        )
         for phase in runs.PHASES
     }
     # An existing teacher is restored before anything is written, so that a damaged or
@@ -362,16 +367,23 @@ def train_and_evaluate(
         with open(os.path.join(workdir, runs.CONFIG_FILE), "w") as f:
             f.write(config.to_json(indent=2))
 
-    data_args = dict(mesh=mesh, train_ds=train_ds, eval_ds=eval_ds)
+    data_args = dict(mesh=mesh, eval_ds=eval_ds)
     if "teacher" in plan.phases:
-        train_phase(programs["teacher"], config, workdir, **data_args)
+        train_phase(
+            programs["teacher"], config, workdir, train_ds=train_sets["teacher"], **data_args
+        )
         if plan.needs_teacher:
             teacher_vars = _restore_teacher(config, workdir, programs["teacher"], info, mesh)
     elif mode == "all":
         logging.info("reusing the finished teacher in %s", runs.teacher_dir(config, workdir))
     if "student" in plan.phases:
         train_phase(
-            programs["student"], config, workdir, teacher_variables=teacher_vars, **data_args
+            programs["student"],
+            config,
+            workdir,
+            train_ds=train_sets["student"],
+            teacher_variables=teacher_vars,
+            **data_args,
         )
     if not plan.evaluate:
         return None

@@ -97,6 +97,22 @@ def test_grid_cells_and_cell_config(tmp_path):
     assert cfg.base.student.method == "hta_kl"  # the base is not modified
 
 
+def test_weight_temperature_arms(tmp_path):
+    cfg = small_config()
+    cfg.ablation.head_ratios = ()
+    cfg.ablation.weight_temperatures = (1.0,)
+    cfg.ablation.seeds = (0, 1)
+    names = [c.name for c in experiments.grid_cells(cfg)]
+    assert "hta_kl_w1_T2_s0" in names and "hta_kl_w1_T2_s1" in names
+    assert len(names) == len(set(names)) == 8 + 2
+    cell = experiments.Cell("hta_kl", 2, 1, weight_temperature=1.0)
+    c = experiments.cell_config(cfg, cell, str(tmp_path))
+    assert (c.student.method, c.student.weight_temperature) == ("hta_kl", 1.0)
+    cfg.ablation.weight_temperatures = (0.0,)
+    with pytest.raises(ValueError, match="weight_temperatures"):
+        experiments.grid_cells(cfg)
+
+
 @pytest.mark.parametrize(
     "key,value,match",
     [

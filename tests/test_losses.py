@@ -225,6 +225,62 @@ def test_head_tail_weights_and_hta_kl_match_reference(kind, tau, mu, shape):
         assert any(abs(got[i] - r) <= ATOL + RTOL * abs(r) for r in refs), (i, got[i], refs)
 
 
+@pytest.mark.parametrize("row_block", [None, 2], ids=["one_block", "row_blocks"])
+@pytest.mark.parametrize("kind", ("random", "peaked", "masked"))
+def test_weight_temperature_decouples_weights_from_kd_temperature(kind, row_block):
+    """Weights from the tau_w distributions, KL terms at the KD temperature (float64 reference)."""
+    s, t = make_inputs(kind, (4, 10), seed=3)
+    tau, tau_w, mu = 4.0, 1.0, 0.5
+    candidates = ref_weight_candidates(s, t, tau_w, mu)
+    w_head, w_tail = losses.head_tail_weights(
+        s, t, temperature=tau, mu=mu, weight_temperature=tau_w
+    )
+    _assert_weights_match(w_head, w_tail, candidates, label=f"{kind} tau_w={tau_w}")
+    fkl, rkl = ref_fkl(s, t, tau), ref_rkl(s, t, tau)
+    got, got_w = losses.hta_kl_with_weight(
+        s, t, temperature=tau, mu=mu, weight_temperature=tau_w, row_block=row_block
+    )
+    np.testing.assert_allclose(got_w, w_head, rtol=1e-6, atol=1e-7)
+    _assert_close(got, w_head * fkl + w_tail * rkl)
+    # None is the KD temperature: identical to passing it explicitly.
+    default = losses.hta_kl(s, t, temperature=tau, mu=mu)
+    explicit = losses.hta_kl(s, t, temperature=tau, mu=mu, weight_temperature=tau)
+    np.testing.assert_allclose(default, explicit, rtol=1e-6, atol=1e-7)
+
+
+def test_weight_temperature_changes_the_weights_and_no_gradient_flows_through_them():
+    s, t = make_inputs("random", (6, 10), seed=5)
+    w4 = losses.head_tail_weights(s, t, temperature=4.0)[0]
+    w1 = losses.head_tail_weights(s, t, temperature=4.0, weight_temperature=1.0)[0]
+    assert np.max(np.abs(np.asarray(w4) - np.asarray(w1))) > 0.05
+    s64, t64 = np.asarray(s, np.float64), np.asarray(t, np.float64)
+    w_head, w_tail = ref_weights_exact(s64, t64, 1.0, 0.5)
+    fkl_grad = jax.grad(lambda x: jnp.sum(w_head * losses.forward_kl(x, t, temperature=4.0)))(s)
+    rkl_grad = jax.grad(lambda x: jnp.sum(w_tail * losses.reverse_kl(x, t, temperature=4.0)))(s)
+    got = jax.grad(lambda x: jnp.sum(losses.hta_kl(x, t, temperature=4.0, weight_temperature=1.0)))(
+        s
+    )
+    np.testing.assert_allclose(got, fkl_grad + rkl_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_distillation_loss_passes_weight_temperature(snn_batch):
+    s_TBC, t_BC, labels = snn_batch
+    s_mean = s_TBC.astype(np.float64).mean(0)
+    w_head, w_tail = ref_weights_exact(s_mean, t_BC, 1.0, 0.5)
+    fkl, rkl = ref_fkl(s_mean, t_BC, 2.0), ref_rkl(s_mean, t_BC, 2.0)
+    kw = dict(method="hta_kl", alpha=1.0, temperature=2.0, mu=0.5, weight_temperature=1.0)
+    loss, metrics = losses.distillation_loss(s_TBC, t_BC, labels, **kw)
+    _assert_close(loss, np.mean(w_head * fkl + w_tail * rkl))
+    _assert_close(metrics["w_head"], np.mean(w_head))
+
+
+@pytest.mark.parametrize("tau_w", [0.0, -1.0])
+def test_weight_temperature_not_positive(tau_w):
+    s, t = make_inputs("random", (2, 5))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        losses.hta_kl(s, t, weight_temperature=tau_w)
+
+
 def test_flat_inputs_give_half_half_without_nan():
     s, t = make_inputs("flat", (5, 10))
     for mu in MUS:

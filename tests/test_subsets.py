@@ -95,6 +95,26 @@ def test_load_data_without_eval_on_validation_uses_the_test_split():
     assert len(train_ds) == full - 100  # the hold-out is never trained on
 
 
+def test_teacher_trains_on_its_own_subset_with_the_same_hold_out():
+    full_images, full_labels, _ = data.load_split("digits", "train")
+    config = _digits_config(train_examples=200, teacher_train_examples=0, validation_examples=100)
+    student_ds, _, _ = runs.load_data(config)
+    teacher_ds, _, _ = runs.load_data(config, phase="teacher")
+    _, val = balanced_split(full_labels, 10, train_examples=0, validation_examples=100, seed=0)
+    assert len(student_ds) == 200 and len(teacher_ds) == len(full_labels) - 100
+    # The student's subset lies inside the teacher's; neither touches the hold-out.
+    rows = {row.tobytes() for row in teacher_ds.images}
+    assert all(row.tobytes() in rows for row in student_ds.images)
+    assert not any(row.tobytes() in rows for row in full_images[val])
+    config.data.teacher_train_examples = None  # the default: the student's subset
+    np.testing.assert_array_equal(
+        runs.load_data(config, phase="teacher")[0].labels, student_ds.labels
+    )
+    config.data.teacher_train_examples = len(full_labels)
+    with pytest.raises(ValueError, match="data.teacher_train_examples"):
+        runs.load_data(config, phase="teacher")
+
+
 def test_eval_on_validation_needs_a_hold_out():
     config = _digits_config(eval_on_validation=True)
     with pytest.raises(ValueError, match="data.eval_on_validation"):

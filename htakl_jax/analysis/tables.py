@@ -22,6 +22,7 @@ __all__ = [
     "format_mean_std",
     "markdown_table",
     "mean_std",
+    "arm_label",
     "method_label",
     "table1",
     "table3",
@@ -42,12 +43,22 @@ _METHOD_NAMES = {
 }
 
 
-def method_label(method: str, head_ratio: float | None = None) -> str:
-    """Display name of a method, e.g. ``"HTA-KL"``, ``"Fixed ratio r=0.3"``."""
+def method_label(
+    method: str, head_ratio: float | None = None, weight_temperature: float | None = None
+) -> str:
+    """Display name of a method, e.g. ``"HTA-KL"``, ``"Fixed ratio r=0.3"``,
+    ``"HTA-KL (weights at tau=1)"``."""
     name = _METHOD_NAMES.get(method, method)
-    return (
-        f"{name} r={head_ratio:g}" if method == "fixed_ratio" and head_ratio is not None else name
-    )
+    if method == "fixed_ratio" and head_ratio is not None:
+        name = f"{name} r={head_ratio:g}"
+    if weight_temperature is not None:
+        name = f"{name} (weights at tau={weight_temperature:g})"
+    return name
+
+
+def arm_label(row: Mapping[str, Any]) -> str:
+    """Display name of a run's arm: its method with head ratio and weight temperature."""
+    return method_label(row["method"], row.get("head_ratio"), row.get("weight_temperature"))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -136,7 +147,7 @@ def table1(
         rows.append([method_label("teacher"), arch, format_mean_std(accs)] + ["-"] * (len(ts) - 1))
     groups: dict[tuple[str, str], dict[int, list[float]]] = {}
     for r in runs:
-        key = (method_label(r["method"], r.get("head_ratio")), r["architecture"])
+        key = (arm_label(r), r["architecture"])
         groups.setdefault(key, {}).setdefault(int(r["timesteps"]), []).append(float(r["accuracy"]))
     for (label, arch), by_t in groups.items():
         rows.append([label, arch] + [format_mean_std(by_t[t]) if t in by_t else "-" for t in ts])
@@ -197,9 +208,7 @@ def table3(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]
     headers = ["Method", "Architecture", "Firing Rate", "OPs", "ACs", "MACs", "Energy"]
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in runs:
-        groups.setdefault(
-            (method_label(r["method"], r.get("head_ratio")), r["architecture"]), []
-        ).append(r)
+        groups.setdefault((arm_label(r), r["architecture"]), []).append(r)
     rows = []
     for (label, arch), rs in groups.items():
         rates = [r["firing_rate"] for r in rs if r.get("firing_rate") is not None]

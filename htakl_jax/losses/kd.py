@@ -283,10 +283,12 @@ def head_tail_weights(
     temperature: float = 1.0,
     mu: float = 0.5,
     path: str = "auto",
+    weight_temperature: float | None = None,
 ) -> tuple[Array, Array]:
     """HTA-KL weights (w_head, w_tail), each [...], summing to 1; no gradient flows through them.
 
-    w_head = g_head / (g_head + g_tail) with g the summed |p - q| gaps over head and tail classes;
+    w_head = g_head / (g_head + g_tail) with g the summed |p - q| gaps over head and tail classes,
+    p and q taken at `weight_temperature` (None: at `temperature`, see :func:`hta_kl`);
     0.5 / 0.5 when the total gap is zero (student equals teacher). `path`: the head-set path
     (:data:`htakl_jax.losses.head_set.PATHS`; all exact).
     """
@@ -294,7 +296,7 @@ def head_tail_weights(
     p, q = _probs(
         jax.lax.stop_gradient(student_logits),
         jax.lax.stop_gradient(teacher_logits),
-        temperature,
+        temperature if weight_temperature is None else weight_temperature,
         None,
     )
     return head_set.head_tail_from_probs(p, q, mu, path=path)
@@ -348,22 +350,26 @@ def hta_kl_with_weight(
     where: Array | None = None,
     path: str = "auto",
     row_block: int | str | None = "auto",
+    weight_temperature: float | None = None,
 ) -> tuple[Array, Array]:
     """:func:`hta_kl` [...] and the head weight w_head [...] it used (for logging)."""
     _check_mu(mu)
     _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+    if weight_temperature is not None:
+        _check_temperature(weight_temperature)
+    rows = functools.partial(_hta_kl_rows, mu=mu, path=path, weight_temperature=weight_temperature)
     lead, num_classes = jnp.shape(teacher_logits)[:-1], jnp.shape(teacher_logits)[-1]
     num_rows = math.prod(lead)
     block = _resolve_row_block(row_block, num_rows, num_classes)
     if block is None:
-        return _hta_kl_rows(student_logits, teacher_logits, temperature, mu, where, path)
+        return rows(student_logits, teacher_logits, temperature, where)
 
     def blocks(x: Array) -> Array:
         return jnp.reshape(x, (num_rows // block, block) + jnp.shape(x)[len(lead) :])
 
     def one_block(operands: tuple) -> tuple[Array, Array]:
         s_block, t_block, where_block = operands
-        return _hta_kl_rows(s_block, t_block, temperature, mu, where_block, path)
+        return rows(s_block, t_block, temperature, where_block)
 
     where_blocks = None if where is None else blocks(jnp.asarray(where, bool))
     operands = (blocks(student_logits), blocks(teacher_logits), where_blocks)
@@ -375,14 +381,21 @@ def _hta_kl_rows(
     student_logits: Array,
     teacher_logits: Array,
     temperature: Any,
-    mu: Any,
     where: Array | None,
+    *,
+    mu: Any,
     path: str,
+    weight_temperature: Any,
 ) -> tuple[Array, Array]:
     """`hta_kl_with_weight` on all rows at once."""
     s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
-    # p and q from the same log-normalisers as the KL pair, so XLA computes them once.
-    q, p, _ = _kl_terms(*jax.lax.stop_gradient((s, t)), tau, *lse)
+    if weight_temperature is None:
+        # p and q from the same log-normalisers as the KL pair, so XLA computes them once.
+        q, p, _ = _kl_terms(*jax.lax.stop_gradient((s, t)), tau, *lse)
+    else:
+        tau_w = jnp.asarray(weight_temperature, s.dtype)
+        s_w, t_w = jax.lax.stop_gradient((s, t))
+        q, p, _ = _kl_terms(s_w, t_w, tau_w, *_log_normalizers(s_w, t_w, tau_w))
     w_head, w_tail = head_set.head_tail_from_probs(p, q, mu, valid=where, path=path)
     return _apply_where(_kl_pair_scaled(s, t, w_head, w_tail, tau, lse), where), w_head
 
@@ -396,10 +409,17 @@ def hta_kl(
     where: Array | None = None,
     path: str = "auto",
     row_block: int | str | None = "auto",
+    weight_temperature: float | None = None,
 ) -> Array:
     """HTA-KL per example: w_head * FKL + w_tail * RKL with adaptive, gradient-free weights.
 
-    [..., C] -> [...]. `mu` in (0, 1] is the cumulative teacher mass that bounds the head.
+    [..., C] -> [...]. `mu` in (0, 1] is the cumulative teacher mass that bounds the head. The KL
+    terms use `temperature`; the head set and the weights use the teacher and student
+    distributions at `weight_temperature`. None (the default) means `temperature` as well: one
+    softened pair for everything, the literal reading of the paper's equations, whose extracted
+    text lost the detail. A number, typically 1 (the unsoftened distributions, as AKL's LLM
+    reference has no temperature), decouples the two: the weights then see the sharper tau = 1
+    gaps, which move more over training than those at a KD temperature of 4.
     Execution choices that leave the value unchanged (up to float rounding):
     - `path`: how the head set is found (:data:`htakl_jax.losses.head_set.PATHS`; "auto" sorts up
       to 1024 classes and searches a threshold above).
@@ -415,6 +435,7 @@ def hta_kl(
         where=where,
         path=path,
         row_block=row_block,
+        weight_temperature=weight_temperature,
     )[0]
 
 
@@ -495,11 +516,17 @@ def _kd_term(
     mu: Any,
     head_ratio: Any,
     where: Array | None,
+    weight_temperature: Any = None,
 ) -> tuple[Array, Array]:
     """Per-example KD loss [B...] of `method` and its (mean) head weight."""
     if method == "hta_kl":
         kd, w_head = hta_kl_with_weight(
-            student_logits, teacher_logits, temperature=temperature, mu=mu, where=where
+            student_logits,
+            teacher_logits,
+            temperature=temperature,
+            mu=mu,
+            where=where,
+            weight_temperature=weight_temperature,
         )
         return kd, _masked_mean(w_head, where)
     ratio = _FIXED_RATIOS.get(method, head_ratio)
@@ -519,6 +546,7 @@ def distillation_loss(
     mu: float = 0.5,
     head_ratio: float | None = None,
     where: Array | None = None,
+    weight_temperature: float | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Training objective L = (1 - alpha) * CE + alpha * KD, averaged over valid examples.
 
@@ -531,6 +559,8 @@ def distillation_loss(
         "symmetric", "fixed_ratio" (needs head_ratio), "hta_kl" (uses mu).
       alpha: weight of the KD term in [0, 1].
       temperature: KD temperature tau (> 0); CE always uses temperature 1.
+      weight_temperature: hta_kl only: the temperature of the distributions its head/tail
+        weights come from (None: `temperature`; see :func:`hta_kl`).
       where: optional bool [B...] mask of valid examples/positions.
 
     Returns:
@@ -556,6 +586,7 @@ def distillation_loss(
         mu=mu,
         head_ratio=head_ratio,
         where=where,
+        weight_temperature=weight_temperature,
     )
     kd = _masked_mean(kd, where)
     loss = (1.0 - alpha) * ce + alpha * kd

@@ -1,0 +1,92 @@
+"""The powered, paired comparison of HTA-KL and FKL on CIFAR-10 for 2 CPU cores (issue 17).
+
+Usage (results/cifar10_powered/README.md has the whole protocol and `run.sh` runs it):
+  python -m htakl_jax.experiments --config configs/powered.py --workdir runs/powered
+  python -m htakl_jax.main --config configs/powered.py:base ...   # one training run of it
+
+Fixed before any test result was seen:
+- data: the shared CIFAR-10 JPEG folders. 1,000 training images (100 per class, `subset_seed`
+  0) are held out of all training: the only split that tunes anything. The teacher trains on the
+  other 49,000; every student on one fixed class-balanced subset of 20,000 of them.
+- teacher: resnet20 at width 1/8 (stage widths 8-16-32-64, an ANN), 15 epochs, SGD 0.1 with
+  cosine decay, batch 128, evaluated once after its last epoch.
+- students: the same network spiking at T = 1 (`decay_input=False` LIF, as results/cifar10),
+  4 epochs, batch 64, SGD momentum 0.9, weight decay 5e-4, cosine decay, alpha 0.9, KD
+  temperature 4; the learning rate chosen for FKL on the hold-out
+  (results/cifar10_powered/tuning.json, written by run.sh; 0.1 before tuning).
+- every student is evaluated once, on all 10,000 test images, after its last epoch: the final
+  checkpoint, never one selected on the test split.
+- arms (paired: seed s fixes a student's initialisation, data order and augmentation in every arm):
+  FKL and HTA-KL (weights at the KD temperature) at seeds 0-7; HTA-KL with weights at tau = 1
+  and the fixed ratio r FKL + (1 - r) RKL at seeds 0-3, r the mean head weight that HTA-KL used
+  over training at seeds 0-3 (results/cifar10_powered/head_ratio.json, written by run.sh from
+  the training metrics; the arm is left out until that file exists).
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import ml_collections
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "cifar10_powered"
+DEFAULT_LR = 0.1
+
+
+def _read_chosen(name: str, key: str) -> float | None:
+    path = RESULTS / name
+    return float(json.loads(path.read_text())["chosen"][key]) if path.is_file() else None
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The training config shared by the teacher, the tuning runs and every cell."""
+    c = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
+    c.data.name = "image_folder"
+    c.data.data_dir = "../shared/data/cifar10"
+    c.data.validation_examples = 1000
+    c.data.train_examples = 20000
+    c.data.teacher_train_examples = 0  # every training image not held out
+    c.data.subset_seed = 0
+    c.model.name = "resnet20"
+    c.model.width_mult = 0.125
+    c.model.neuron.decay_input = False
+    c.teacher.epochs = 15
+    c.teacher.batch_size = 128
+    c.teacher.lr = 0.1
+    c.student.timesteps = 1
+    c.student.method = "fkl"
+    c.student.epochs = 4
+    c.student.batch_size = 64
+    c.student.lr = _read_chosen("tuning.json", "lr") or DEFAULT_LR
+    c.student.alpha = 0.9
+    c.student.temperature = 4.0
+    c.eval.timesteps = (1,)
+    c.eval.batch_size = 500
+    c.eval.every_epochs = 1000  # once, after the last epoch
+    c.checkpoint.every_epochs = 1
+    c.log_every_steps = 50
+    return c
+
+
+def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
+    """`grid` (default): the comparison grid; `base`: its training config."""
+    if arg == "base":
+        return base_config()
+    if arg != "grid":
+        raise ValueError(f"configs/powered.py: argument must be grid or base, got {arg!r}")
+    c = runpy.run_path(str(Path(__file__).with_name("compare.py")))["get_config"]("quickstart")
+    c.base = base_config()
+    c.grid.methods = ("fkl", "hta_kl")
+    c.grid.timesteps = (1,)
+    c.grid.seeds = tuple(range(8))
+    ratio = _read_chosen("head_ratio.json", "head_ratio")
+    c.ablation.head_ratios = () if ratio is None else (round(ratio, 2),)
+    c.ablation.weight_temperatures = (1.0,)
+    c.ablation.timesteps = 1
+    c.ablation.seeds = (0, 1, 2, 3)
+    c.analysis.num_examples = 1000
+    c.analysis.tsne_examples = 500
+    c.analysis.energy_timesteps = 1
+    return c

@@ -1,0 +1,100 @@
+"""The data-driven steps of the powered protocol (configs/powered.py), each reading only training
+metrics or hold-out accuracies, never the test split:
+
+  python results/cifar10_powered/protocol.py choose-lr WORKDIR     # tuning.{json,md}
+  python results/cifar10_powered/protocol.py head-ratio WORKDIR    # head_ratio.json
+  python results/cifar10_powered/protocol.py spread WORKDIR        # the 4-seed check (test split)
+
+`spread` reads test accuracies, but only the spread of the paired differences, to check the
+protocol's power after 4 seeds as planned; it selects nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+from htakl_jax import metrics, runs
+from htakl_jax.analysis import stats
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIRST_SEEDS = (0, 1, 2, 3)
+
+
+def choose_lr(workdir: str) -> None:
+    """The FKL learning rate with the best hold-out accuracy -> tuning.json and tuning.md."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(workdir, "tune", "*", runs.RESULTS_FILE))):
+        with open(path) as f:
+            r = json.load(f)
+        if not r["config"]["data"]["eval_on_validation"]:
+            raise ValueError(f"{path} was not evaluated on the hold-out")
+        found.append(
+            {
+                "lr": r["config"]["student"]["lr"],
+                "holdout_accuracy": r["student_accuracy"]["1"],
+                "examples": r["num_eval_examples"],
+            }
+        )
+    if not found:
+        raise FileNotFoundError(f"no tuning run in {workdir}/tune")
+    found.sort(key=lambda r: r["lr"])
+    chosen = max(found, key=lambda r: r["holdout_accuracy"])
+    runs.write_json(os.path.join(HERE, "tuning.json"), {"runs": found, "chosen": chosen})
+    lines = [
+        "# Student learning rate (FKL, T = 1, seed 0, CIFAR-10 hold-out)",
+        "",
+        "Written by `python results/cifar10_powered/protocol.py choose-lr WORKDIR`: accuracy on",
+        "the 1,000 training images held out of all training (the test split is never read).",
+        "",
+        "| learning rate | hold-out accuracy (%) |",
+        "|---|---|",
+    ]
+    lines += [f"| {r['lr']:g} | {100 * r['holdout_accuracy']:.1f} |" for r in found]
+    lines += ["", f"Chosen: {chosen['lr']:g}."]
+    with open(os.path.join(HERE, "tuning.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def head_ratio(workdir: str) -> None:
+    """Mean adaptive head weight of HTA-KL over training (seeds 0-3) -> head_ratio.json."""
+    means = []
+    for seed in FIRST_SEEDS:
+        path = os.path.join(workdir, "cells", f"hta_kl_T1_s{seed}", "student", metrics.METRICS_FILE)
+        records = metrics.read_metrics(path)
+        if not records:
+            raise FileNotFoundError(f"no training metrics in {path}")
+        means.append(float(np.mean([r["train_w_head"] for r in records])))
+    chosen = {"head_ratio": float(np.mean(means)), "seeds": list(FIRST_SEEDS)}
+    out = {"per_seed_epoch_mean": means, "chosen": chosen}
+    runs.write_json(os.path.join(HERE, "head_ratio.json"), out)
+    print(json.dumps(out, indent=2))
+
+
+def spread(workdir: str) -> None:
+    """Paired HTA-KL - FKL test-accuracy differences at seeds 0-3: their spread and interval."""
+    diffs = []
+    for seed in FIRST_SEEDS:
+        acc = {}
+        for method in ("fkl", "hta_kl"):
+            path = os.path.join(workdir, "cells", f"{method}_T1_s{seed}", runs.RESULTS_FILE)
+            with open(path) as f:
+                acc[method] = json.load(f)["student_accuracy"]["1"]
+        diffs.append(100 * (acc["hta_kl"] - acc["fkl"]))
+    s = stats.paired_stats(diffs)
+    print(f"paired differences (pp): {np.round(diffs, 2).tolist()}")
+    print(f"std {s.std:.2f} pp; {stats.verdict(s)}; seeds for 1 pp at 80% power: {s.seeds_needed}")
+    print("protocol holds" if s.std <= 2.0 else "spread above 2 points: change the protocol")
+
+
+COMMANDS = {"choose-lr": choose_lr, "head-ratio": head_ratio, "spread": spread}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: protocol.py {{{','.join(COMMANDS)}}} WORKDIR")
+    COMMANDS[sys.argv[1]](sys.argv[2])
