@@ -162,9 +162,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.every_epochs = 1
 
     c.checkpoint = ml_collections.ConfigDict()
+    # The checkpoint a phase hands on (teacher to distillation, results.json): "final" (after the
+    # last epoch) or "best" (highest eval accuracy; only with data.eval_on_validation, so that
+    # the test split never selects a checkpoint).
+    c.checkpoint.select = "final"
     # Save the latest state every this many epochs (and always after the last epoch / on SIGTERM).
     c.checkpoint.every_epochs = 1
-    # Number of latest checkpoints kept (the best-accuracy one is kept separately).
+    # Number of latest checkpoints kept (the best-accuracy one is kept separately, in best/).
     c.checkpoint.keep = 2
     # Write checkpoints in a background thread (waited for before exit).
     c.checkpoint.async_save = True

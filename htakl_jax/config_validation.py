@@ -212,6 +212,14 @@ def _check_eval_and_run(c: ml_collections.ConfigDict, num_devices: int) -> None:
         e.batch_size,
     )
     _require(e.every_epochs >= 1, "eval.every_epochs", "must be >= 1", e.every_epochs)
+    _one_of(c, "checkpoint.select", runs.SELECTIONS)
+    _require(
+        c.checkpoint.select != "best" or c.data.eval_on_validation,
+        "checkpoint.select",
+        f"'best' would select by accuracy on the {c.data.eval_split!r} split; set "
+        "data.eval_on_validation=True (select on held-out train images) or use 'final'",
+        c.checkpoint.select,
+    )
     k = c.checkpoint
     _require(k.every_epochs >= 1, "checkpoint.every_epochs", "must be >= 1", k.every_epochs)
     _require(k.keep >= 1, "checkpoint.keep", "must be >= 1", k.keep)

@@ -45,7 +45,8 @@ def evaluate_run(
     student: steps.PhaseProgram,
 ) -> dict[str, Any]:
     """The results.json record: teacher accuracy and student accuracy at each config.eval.timesteps
-    (best checkpoints). The phases' programs evaluate at their own T; other T compile here."""
+    (the checkpoints `runs.checkpoint_selection` picks). The phases' programs evaluate at their
+    own T; other T compile here."""
     t_vars, _, t_path = runs.restore_for_eval(
         runs.teacher_dir(config, workdir), teacher.model, config, info, mesh, spiking=False
     )
@@ -73,6 +74,8 @@ def evaluate_run(
         "student_timesteps": int(config.student.timesteps),
         "student_accuracy": student_acc,
         "student_epoch": s_meta.get("epoch"),
+        "checkpoint_selection": runs.selection_label(config),
+        "eval_split": "validation" if config.data.eval_on_validation else config.data.eval_split,
         "checkpoints": {"teacher": t_path, "student": s_path},
         "config": json.loads(config.to_json()),
     }

@@ -216,14 +216,38 @@ def restore_for_eval(
     *,
     spiking: bool,
 ) -> tuple[Any, dict, str]:
-    """Best-checkpoint variables of a phase, placed replicated on `mesh`; also (meta, path)."""
+    """Variables of a phase's checkpoint picked by `checkpoint_selection(config)` (the final one,
+    or the best on the hold-out), placed replicated on `mesh`; also (meta, path)."""
     shape = (1, *info.image_size, 3)
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32), train=False)
     )
     abstract = ckpt_lib.abstract_like(abstract, parallel.replicated(mesh))
     expected = model_meta(config, num_classes=info.num_classes, spiking=spiking)
-    return ckpt_lib.restore_variables(phase_dir, abstract, expected_model=expected)
+    return ckpt_lib.restore_variables(
+        phase_dir,
+        abstract,
+        expected_model=expected,
+        prefer_best=checkpoint_selection(config) == "best",
+    )
+
+
+SELECTIONS = ("final", "best")
+
+
+def checkpoint_selection(config: ml_collections.ConfigDict) -> str:
+    """Which checkpoint of a phase is used and reported: config.checkpoint.select ("best" for a
+    workdir trained before the key existed, which is what those runs reported)."""
+    return config.checkpoint.get("select", "best")
+
+
+def selection_label(config: ml_collections.ConfigDict) -> str:
+    """How results.json's checkpoints were chosen, in words."""
+    if checkpoint_selection(config) == "final":
+        return "final (after the last epoch)"
+    if config.data.get("eval_on_validation", False):
+        return f"best eval accuracy on the {config.data.validation_examples} held-out train images"
+    return f"best eval accuracy on the {config.data.eval_split!r} split (selected on it)"
 
 
 # ----------------------------------------------------------------------------- trained runs

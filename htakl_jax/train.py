@@ -331,6 +331,18 @@ def _restore_teacher(
     return variables
 
 
+def _load_phase_data(
+    config: ml_collections.ConfigDict,
+) -> tuple[dict[str, runs.Dataset], runs.Dataset, Any]:
+    """({phase: training set}, eval set, DatasetInfo): the teacher's set differs from the
+    student's only when data.teacher_train_examples is set."""
+    train_ds, eval_ds, info = runs.load_data(config)
+    train_sets = {"student": train_ds, "teacher": train_ds}
+    if config.data.teacher_train_examples is not None:
+        train_sets["teacher"] = runs.load_data(config, phase="teacher")[0]
+    return train_sets, eval_ds, info
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, mode: str = "all"
 ) -> dict | None:
@@ -342,10 +354,7 @@ def train_and_evaluate(
     """
     plan = _plan(config, workdir, mode)
     mesh = parallel.make_mesh()
-    train_ds, eval_ds, info = runs.load_data(config)
-    train_sets = {"student": train_ds, "teacher": train_ds}
-    if config.data.teacher_train_examples is not None:
-        train_sets["teacher"] = runs.load_data(config, phase="teacher")[0]
+    train_sets, eval_ds, info = _load_phase_data(config)
     config_validation.check_existing_checkpoints(
         config, info.num_classes, mode=mode, workdir=workdir
     )
@@ -367,24 +376,18 @@ def train_and_evaluate(
         with open(os.path.join(workdir, runs.CONFIG_FILE), "w") as f:
             f.write(config.to_json(indent=2))
 
-    data_args = dict(mesh=mesh, eval_ds=eval_ds)
+    def train(phase: str, **kwargs: Any) -> None:
+        data = dict(mesh=mesh, train_ds=train_sets[phase], eval_ds=eval_ds)
+        train_phase(programs[phase], config, workdir, **data, **kwargs)
+
     if "teacher" in plan.phases:
-        train_phase(
-            programs["teacher"], config, workdir, train_ds=train_sets["teacher"], **data_args
-        )
+        train("teacher")
         if plan.needs_teacher:
             teacher_vars = _restore_teacher(config, workdir, programs["teacher"], info, mesh)
     elif mode == "all":
         logging.info("reusing the finished teacher in %s", runs.teacher_dir(config, workdir))
     if "student" in plan.phases:
-        train_phase(
-            programs["student"],
-            config,
-            workdir,
-            train_ds=train_sets["student"],
-            teacher_variables=teacher_vars,
-            **data_args,
-        )
+        train("student", teacher_variables=teacher_vars)
     if not plan.evaluate:
         return None
     results = evaluate.evaluate_run(

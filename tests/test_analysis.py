@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from htakl_jax import runs
-from htakl_jax.analysis import ablation, plots, tables, tsne
+from htakl_jax.analysis import ablation, endpoints, plots, stats, tables, tsne
 from htakl_jax.analysis.firing import spike_stats
 from htakl_jax.energy import LayerMACs, energy_mj, estimate_energy
 from htakl_jax.layers import global_avg_pool, repeat_over_time
@@ -319,23 +319,79 @@ def test_figures_are_written(tmp_path):
         tsne.plot_tsne({"t": feats}, labels[:4])
 
 
-def test_paired_differences_pair_by_seed_and_report_t():
-    runs = [
-        {"method": "fkl", "timesteps": 1, "seed": s, "accuracy": a}
-        for s, a in enumerate([0.50, 0.60, 0.55])
-    ] + [
-        {"method": "hta_kl", "timesteps": 1, "seed": s, "accuracy": a}
-        for s, a in enumerate([0.52, 0.61, 0.58])
-    ]
-    runs.append(
-        {"method": "fixed_ratio", "head_ratio": 0.5, "timesteps": 1, "seed": 0, "accuracy": 1}
+def test_paired_stats_hand_computed_t_interval():
+    """Three paired differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653 (tables)."""
+    s = stats.paired_stats([1.0, 2.0, 3.0])
+    half = 4.302653 / np.sqrt(3)
+    assert (s.n, s.mean, s.std) == (3, 2.0, 1.0)
+    assert s.low == pytest.approx(2 - half, abs=1e-5) and s.high == pytest.approx(
+        2 + half, abs=1e-5
     )
-    runs.append({"method": "ce", "timesteps": 2, "seed": 0, "accuracy": 0.4})  # no FKL at T=2
-    headers, rows = tables.paired_differences(runs, reference="fkl")
-    assert headers[0].endswith(tables.method_label("fkl")) and len(rows) == 1
-    diffs = np.array([0.02, 0.01, 0.03])  # hand-computed, per seed
-    mean, std = diffs.mean(), diffs.std(ddof=1)
-    assert rows[0][:2] == [tables.method_label("hta_kl"), "1"]
-    assert rows[0][2] == f"{100 * mean:.2f} ± {100 * std:.2f}"
-    assert rows[0][3] == "3"
-    assert rows[0][4] == f"{mean / (std / np.sqrt(3)):.2f}"
+    assert not s.detected and stats.verdict(s) == "not detected (95% CI [-0.48, 4.48])"
+    tight = stats.paired_stats([1.9, 2.0, 2.1])  # sd 0.1: [1.75, 2.25]
+    assert tight.detected and stats.verdict(tight) == "detected (95% CI [1.75, 2.25])"
+    assert stats.verdict(stats.paired_stats([0.5])) == "no interval (1 seed)"
+    with pytest.raises(ValueError, match="non-empty"):
+        stats.paired_stats([])
+
+
+def test_seeds_for_power_against_the_normal_approximation():
+    # Paired t-test, two-sided 5%, 80% power: n ~ ((1.96 + 0.8416) sd / effect)^2 + ~2 for t.
+    for sd in (1.0, 2.0, 3.0):
+        n = stats.seeds_for_power(sd)
+        approx = (2.8016 * sd) ** 2
+        assert approx < n <= approx + 3, (sd, n)
+    assert stats.seeds_for_power(1.0) == 10  # the textbook value for effect size 1
+    assert stats.seeds_for_power(0.0) == 2
+    # Power is monotone in n: n - 1 seeds fall short.
+    n = stats.seeds_for_power(2.0)
+    assert (
+        stats.paired_t_power(n - 1, 2.0, 1.0, 0.05) < 0.8 <= stats.paired_t_power(n, 2.0, 1.0, 0.05)
+    )
+
+
+def test_paired_comparisons_pair_by_seed_per_endpoint():
+    def row(arm, seed, acc, nll=None, t=1):
+        r = {"arm": arm, "timesteps": t, "seed": seed, "accuracy": acc}
+        return r | ({} if nll is None else {"nll": nll})
+
+    rows = [row("FKL", s, a, n) for s, a, n in ((0, 0.50, 1.5), (1, 0.60, 1.4), (2, 0.55, 1.6))]
+    hta = ((0, 0.52, 1.4), (1, 0.61, 1.3), (2, 0.58, None))
+    rows += [row("HTA-KL", s, a, n) for s, a, n in hta]
+    rows += [row("HTA-KL", 3, 0.9), row("CE", 0, 0.4, t=2)]  # no FKL partner: left out
+    got = stats.paired_comparisons(rows, reference="FKL", endpoints=("accuracy", "nll"))
+    assert [(r["arm"], r["endpoint"], r["n"]) for r in got] == [
+        ("HTA-KL", "accuracy", 3),
+        ("HTA-KL", "nll", 2),
+    ]
+    acc = got[0]
+    diffs = np.array([2.0, 1.0, 3.0])  # percentage points, hand-computed per seed
+    assert acc["mean"] == pytest.approx(diffs.mean()) and acc["std"] == pytest.approx(1.0)
+    assert acc["unit"] == "pp" and acc["verdict"].startswith("not detected")
+    assert got[1]["mean"] == pytest.approx(-0.1) and got[1]["seeds_needed"] is None
+
+
+def test_endpoints_from_logits_match_float64_reference():
+    rng = np.random.default_rng(0)
+    s, t = 2.0 * rng.standard_normal((50, 7)), 3.0 * rng.standard_normal((50, 7))
+    labels = rng.integers(0, 7, 50)
+    got = endpoints.endpoints_from_logits(s.astype(np.float32), t.astype(np.float32), labels)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    log_q, log_p = log_softmax(s), log_softmax(t)
+    assert got["examples"] == 50
+    assert got["accuracy"] == np.mean(s.argmax(-1) == labels)
+    assert got["teacher_agreement"] == np.mean(s.argmax(-1) == t.argmax(-1))
+    nll = -log_q[np.arange(50), labels].mean()
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1).mean()
+    assert got["nll"] == pytest.approx(nll, rel=1e-5)
+    assert got["kl_teacher_student"] == pytest.approx(kl, rel=1e-5)
+    same = endpoints.endpoints_from_logits(t, t, labels)
+    assert same["teacher_agreement"] == 1.0 and same["kl_teacher_student"] == pytest.approx(
+        0, abs=1e-6
+    )
+    with pytest.raises(ValueError, match="labels"):
+        endpoints.endpoints_from_logits(s, t, labels[:3])

@@ -109,7 +109,9 @@ def test_corrupt_teacher_checkpoint_is_named_before_anything_is_written(tmp_path
     config.student.teacher_checkpoint = str(teacher)
     before = _snapshot(workdir)
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
-        with pytest.raises(ValueError, match=r"no usable checkpoint in .*teacher_run.*best/0"):
+        # The final checkpoint (checkpoints/0) is the one tried first, then best/.
+        match = r"no usable checkpoint in .*teacher_run.*checkpoints/0"
+        with pytest.raises(ValueError, match=match):
             train.train_and_evaluate(config, str(workdir), mode="distill")
     assert _snapshot(workdir) == before
     assert not (workdir / "student").exists()

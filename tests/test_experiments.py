@@ -174,10 +174,15 @@ def test_grid_trains_once_skips_on_rerun_and_resumes(tmp_path):
     assert "| FKL | resnet20 | 60.50 ± 0.71 | 70.50 ± 0.71 |" in table1
     assert "| Teacher ANN | resnet20 | 97.00 | - |" in table1
     assert "Fixed ratio" not in table1
-    # Paired by seed, HTA-KL is exactly 2 points above FKL at both T (zero spread: no t).
+    # Paired by seed, HTA-KL is exactly 2 points above FKL at both T (zero spread); a fixed
+    # ratio ran at one seed only: no interval.
     paired = Path(workdir, "paired.md").read_text()
-    assert "| HTA-KL | 1 | 2.00 ± 0.00 | 2 | - |" in paired
-    assert "| HTA-KL | 2 | 2.00 ± 0.00 | 2 | - |" in paired
+    row = "| HTA-KL - FKL | {} | accuracy (pp) | 2 | +2.00 | 0.00 | [+2.00, +2.00] | 2 | detected |"
+    assert row.format(1) in paired and row.format(2) in paired
+    assert (
+        "| Fixed ratio r=1 - FKL | 2 | accuracy (pp) | 1 | +1.00 | - | - | - | no interval |"
+        in paired
+    )
     ablation_md = Path(workdir, "ablation.md").read_text()
     assert "| 1 | 71.00 |" in ablation_md and "| HTA-KL (adaptive) | 72.00 |" in ablation_md
     with open(os.path.join(workdir, "results.json")) as f:
@@ -215,6 +220,11 @@ def test_grid_end_to_end_trains_analyses_and_reports(tmp_path):
         assert analysis["student_accuracy"] == cell_results["student_accuracy"]
         assert row["firing_rate"] == analysis["firing"]["pre_classifier_rate"]
         assert row["energy_mj"] == analysis["energy"]["student"]["energy_mj"] > 0
+        # The endpoints cover the whole eval split; their accuracy is results.json's.
+        endpoints = analysis["endpoints"]
+        assert endpoints["examples"] == cell_results["num_eval_examples"]
+        assert endpoints["accuracy"] == pytest.approx(cell_results["student_accuracy"]["1"])
+        assert row["nll"] == endpoints["nll"] > 0 and 0 <= row["teacher_agreement"] <= 1
         with np.load(cell / "analysis" / "tsne_features.npz") as z:
             assert z["teacher"].shape[0] == z["student"].shape[0] == len(z["labels"]) == 24
     labels = [r[0] for r in results["table3"]["rows"]]
@@ -222,6 +232,11 @@ def test_grid_end_to_end_trains_analyses_and_reports(tmp_path):
     for name in ("accuracy_vs_T.png", "firing_rates.png", "tsne.png", "hta_kl_weights.png"):
         assert Path(workdir, "plots", name).read_bytes()[:4] == b"\x89PNG", name
     assert "| HTA-KL | resnet20 |" in Path(workdir, "table1.md").read_text()
+    assert "| HTA-KL | 1 | 1 |" in Path(workdir, "endpoints.md").read_text()
+    assert (
+        "| HTA-KL - FKL | 1 | kl_teacher_student (nats) | 1 |"
+        in Path(workdir, "paired.md").read_text()
+    )
 
     # Rerun: teacher, cells and analyses are all done; only the report is written again.
     fake = FakeTrain()

@@ -14,6 +14,7 @@ import pytest
 
 from htakl_jax import checkpoint as ckpt_lib
 from htakl_jax import config_validation as cv
+from htakl_jax import runs
 from htakl_jax.steps import TrainState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,16 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         config = runpy.run_path(str(ROOT / "configs" / "reduced.py"))["get_config"](arg)
         cv.check_keys_and_types(config)
         cv.check_values(config, num_devices=4)
+    powered = runpy.run_path(str(ROOT / "configs" / "powered.py"))["get_config"]
+    for config in (powered("base"), powered().base):
+        cv.check_keys_and_types(config)
+        cv.check_values(config, num_devices=4)
+    # A best checkpoint may be selected on held-out training images.
+    config = _config()
+    config.data.validation_examples, config.data.eval_on_validation = 100, True
+    config.checkpoint.select = "best"
+    _validate(config, tmp_path)
+    assert runs.selection_label(config).startswith("best eval accuracy on the 100 held-out")
     assert not (tmp_path / "work").exists()
 
 
@@ -71,6 +82,11 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         ("model.neuron.surrogate", "relu", "config.model.neuron.surrogate .*unknown surrogate"),
         ("model.neuron.surrogate_alpha", -1.0, "surrogate_alpha: .*alpha must be a finite"),
         ("distributed.initialize", "maybe", "config.distributed.initialize must be one of"),
+        ("checkpoint.select", "last", "config.checkpoint.select must be one of"),
+        # Selecting on the test split is refused: only a hold-out may select a checkpoint.
+        ("checkpoint.select", "best", r"config.checkpoint.select 'best' would select .*'test'"),
+        ("student.weight_temperature", 0.0, "config.student.weight_temperature must be > 0"),
+        ("data.teacher_train_examples", -1, "config.data.teacher_train_examples must be >= 0"),
     ],
 )
 def test_each_bad_value_is_named(tmp_path, key, value, message):
@@ -204,6 +220,9 @@ def test_cli_mode_all_end_to_end_then_reuses_teacher(tmp_path, cache_dir):
     assert all(0.0 <= a <= 1.0 for a in results["student_accuracy"].values())
     assert results["config"]["model"]["width_mult"] == 0.0625
     assert results["config"]["student"]["method"] == "hta_kl"
+    # The final checkpoint is reported, by default (never one selected on the test split).
+    assert results["checkpoint_selection"].startswith("final") and results["student_epoch"] == 1
+    assert results["eval_split"] == "test"
     for phase in ("teacher", "student"):
         lines = (workdir / phase / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 1 and "eval_accuracy" in json.loads(lines[0])

@@ -4,7 +4,8 @@ A grid (``htakl_jax.experiments``) keeps one workdir per cell, each with results
 analysed, analysis/ (`htakl_jax.analysis.report`). From those:
 - `collect_rows` reads one flat row per finished cell;
 - `grid_tables` computes the tables (no files): Table I (accuracy, mean ± std over seeds), the
-  differences to FKL paired by seed, Table III (energy) and the head-ratio ablation;
+  continuous endpoints per arm, every arm minus FKL paired by seed with its 95% interval
+  (`htakl_jax.analysis.stats`), Table III (energy) and the head-ratio ablation;
 - `write_tables` writes them as Markdown, CSV and JSON; `plot_grid` draws the figures
   (accuracy vs T, firing rates per layer, t-SNE, the ratio sweep, the HTA-KL weight trajectory).
 """
@@ -21,7 +22,8 @@ import numpy as np
 
 from htakl_jax import metrics as metrics_lib
 from htakl_jax import runs
-from htakl_jax.analysis import ablation, report, tables
+from htakl_jax.analysis import ablation, report, stats, tables
+from htakl_jax.analysis.endpoints import ENDPOINTS
 from htakl_jax.analysis.plots import plot_accuracy_vs_timesteps, plot_firing_rates
 from htakl_jax.analysis.tsne import plot_tsne
 
@@ -34,6 +36,7 @@ class CellLike(Protocol):
     name: str
     method: str
     head_ratio: float | None
+    weight_temperature: float | None
     timesteps: int
     seed: int
 
@@ -61,6 +64,7 @@ def collect_rows(cells_dir: str, cells: Sequence[CellLike]) -> list[dict[str, An
             "cell": cell.name,
             "method": cell.method,
             "head_ratio": cell.head_ratio,
+            "weight_temperature": cell.weight_temperature,
             "dataset": res.get("dataset"),
             "architecture": res.get("model"),
             "timesteps": cell.timesteps,
@@ -68,9 +72,13 @@ def collect_rows(cells_dir: str, cells: Sequence[CellLike]) -> list[dict[str, An
             "teacher_accuracy": res["teacher_accuracy"],
             "accuracy": res["student_accuracy"][str(cell.timesteps)],
         }
+        row["arm"] = tables.arm_label(row)
         row |= {f"accuracy_T{t}": a for t, a in res["student_accuracy"].items()}
         if os.path.isfile(_analysis_path(cell_dir)):
             an = _read_json(_analysis_path(cell_dir))
+            row |= {
+                k: an.get("endpoints", {})[k] for k in ENDPOINTS if k in an.get("endpoints", {})
+            }
             e = an["energy"]["student"]
             row |= {
                 "firing_rate": an["firing"]["pre_classifier_rate"],
@@ -98,7 +106,8 @@ class GridTables:
     rows: list[dict[str, Any]]
     main: list[dict[str, Any]]
     table1: Table
-    paired: Table
+    endpoints: Table | None
+    paired: list[dict[str, Any]]
     energy_timesteps: int
     energy_rows: list[dict[str, Any]]
     table3: Table | None
@@ -135,7 +144,9 @@ def _ablation(
         [r["accuracy"] for r in _by(rows, method="fixed_ratio", head_ratio=x)] for x in ratios
     ]
     hta = [
-        r["accuracy"] for r in _by(rows, method="hta_kl", timesteps=timesteps) if r["seed"] in seeds
+        r["accuracy"]
+        for r in _by(rows, method="hta_kl", timesteps=timesteps, weight_temperature=None)
+        if r["seed"] in seeds
     ]
     summary = {
         "timesteps": timesteps,
@@ -149,6 +160,66 @@ def _ablation(
     if hta:
         table_rows.append(["HTA-KL (adaptive)", tables.format_mean_std(hta)])
     return summary, (["Head ratio", "Accuracy"], table_rows)
+
+
+def _endpoint_table(rows: Sequence[Mapping[str, Any]]) -> Table | None:
+    """Per arm and training T: seeds, and each endpoint's mean ± std over the analysed seeds."""
+    analysed = [r for r in rows if "nll" in r]
+    if not analysed:
+        return None
+    headers = ["Arm", "T", "Seeds", "Accuracy (%)", "NLL (nats)", "Agreement (%)", "KL (nats)"]
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in analysed):
+        for t in sorted({r["timesteps"] for r in _by(analysed, arm=arm)}):
+            rs = _by(analysed, arm=arm, timesteps=t)
+            cells = [
+                tables.format_mean_std([r[k] for r in rs], scale=scale, digits=digits)
+                for k, scale, digits in (
+                    ("accuracy", 100.0, 2),
+                    ("nll", 1.0, 4),
+                    ("teacher_agreement", 100.0, 2),
+                    ("kl_teacher_student", 1.0, 4),
+                )
+            ]
+            out.append([arm, str(t), str(len(rs))] + cells)
+    return headers, out
+
+
+def paired_table(records: Sequence[Mapping[str, Any]]) -> Table:
+    """`stats.paired_comparisons` records as a Markdown-ready table."""
+    headers = [
+        "Arm - reference",
+        "T",
+        "Endpoint",
+        "Seeds",
+        "Mean",
+        "SD",
+        "95% CI",
+        "Seeds for 1 pp (80% power)",
+        "Verdict",
+    ]
+
+    def num(x: float | None, digits: int) -> str:
+        return "-" if x is None else f"{x:+.{digits}f}"
+
+    out = []
+    for r in records:
+        d = 2 if r["unit"] == "pp" else 4
+        ci = "-" if r["low"] is None else f"[{r['low']:+.{d}f}, {r['high']:+.{d}f}]"
+        out.append(
+            [
+                f"{r['arm']} - {r['reference']}",
+                str(r["timesteps"]),
+                f"{r['endpoint']} ({r['unit']})",
+                str(r["n"]),
+                num(r["mean"], d),
+                "-" if r["n"] < 2 else f"{r['std']:.{d}f}",
+                ci,
+                "-" if r["seeds_needed"] is None else str(r["seeds_needed"]),
+                r["verdict"].split(" (")[0],
+            ]
+        )
+    return headers, out
 
 
 def grid_tables(
@@ -180,7 +251,10 @@ def grid_tables(
         rows=rows,
         main=main,
         table1=tables.table1(main, teacher=teacher),
-        paired=tables.paired_differences(main, reference="fkl"),
+        endpoints=_endpoint_table(rows),
+        paired=stats.paired_comparisons(
+            rows, reference=tables.method_label("fkl"), endpoints=tuple(ENDPOINTS)
+        ),
         energy_timesteps=energy_t,
         energy_rows=energy_rows,
         table3=_table3(energy_rows, energy_t),
@@ -203,13 +277,21 @@ def write_tables(
     dataset = grid.rows[0]["dataset"]
     title = f"Student accuracy (%) on {dataset}, mean ± std over seeds"
     _write_markdown(os.path.join(out_dir, "table1.md"), title, grid.table1)
-    if grid.paired[1]:
+    if grid.endpoints is not None:
         title = (
-            "Accuracy difference to standard KD (FKL), paired by training T and seed, in "
-            "percentage points (mean ± std over seeds); |t| = |mean| / (std / sqrt(seeds)), "
-            "where |t| below about 4.3 (3 seeds) or 12.7 (2 seeds) is not significant at 5%"
+            "Test accuracy and the continuous endpoints (htakl_jax.analysis.endpoints) on the "
+            "whole eval split, mean ± std over seeds"
         )
-        _write_markdown(os.path.join(out_dir, "paired.md"), title, grid.paired)
+        _write_markdown(os.path.join(out_dir, "endpoints.md"), title, grid.endpoints)
+    if grid.paired:
+        title = (
+            "Each arm minus standard KD (FKL), paired by training T and seed: mean and sample "
+            "SD of the differences, the 95% interval of the mean (Student t, seeds - 1 degrees "
+            "of freedom), and the seeds a paired t-test needs to detect a 1-point difference "
+            "with 80% power at this SD. 'detected' only when the interval excludes 0; 'not "
+            "detected' does not mean absent: the interval bounds what the data allow"
+        )
+        _write_markdown(os.path.join(out_dir, "paired.md"), title, paired_table(grid.paired))
     if grid.table3 is not None:
         title = (
             f"Per-image operations and energy at T={grid.energy_timesteps} (45 nm: "
@@ -226,6 +308,7 @@ def write_tables(
     results = {
         "rows": grid.rows,
         "table1": {"headers": grid.table1[0], "rows": grid.table1[1]},
+        "paired": grid.paired,
         "table3": None
         if grid.table3 is None
         else {
@@ -244,28 +327,26 @@ def write_tables(
 
 
 def _accuracy_curves(main: Sequence[Mapping[str, Any]]) -> dict[str, tuple]:
-    """Method label -> (T values, mean accuracies, stds) over seeds."""
+    """Arm label -> (T values, mean accuracies, stds) over seeds."""
     curves = {}
     grid_ts = sorted({r["timesteps"] for r in main})
-    for method in dict.fromkeys(r["method"] for r in main):
-        ts = [t for t in grid_ts if _by(main, method=method, timesteps=t)]
-        stats = [
-            tables.mean_std([r["accuracy"] for r in _by(main, method=method, timesteps=t)])
-            for t in ts
+    for arm in dict.fromkeys(r["arm"] for r in main):
+        ts = [t for t in grid_ts if _by(main, arm=arm, timesteps=t)]
+        summary = [
+            tables.mean_std([r["accuracy"] for r in _by(main, arm=arm, timesteps=t)]) for t in ts
         ]
-        curves[tables.method_label(method)] = (ts, [m for m, _ in stats], [s for _, s in stats])
+        curves[arm] = (ts, [m for m, _ in summary], [s for _, s in summary])
     return curves
 
 
 def _cell_analyses(
     grid: GridTables, cells_dir: str
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], np.ndarray | None]:
-    """Per method at the energy T: firing rate per layer (mean over seeds), and the t-SNE
+    """Per arm at the energy T: firing rate per layer (mean over seeds), and the t-SNE
     features of its first seed (with the teacher's, first), with their labels."""
     layer_rates, features, labels = {}, {}, None
-    for method in dict.fromkeys(r["method"] for r in grid.energy_rows):
-        label = tables.method_label(method)
-        cell_rows = _by(grid.energy_rows, method=method)
+    for label in dict.fromkeys(r["arm"] for r in grid.energy_rows):
+        cell_rows = _by(grid.energy_rows, arm=label)
         per_seed = [
             _read_json(_analysis_path(os.path.join(cells_dir, r["cell"])))["firing"]["layer_rates"]
             for r in cell_rows
@@ -293,7 +374,8 @@ def _weight_trajectories(
             continue
         records = metrics_lib.read_metrics(path)
         if records and "train_w_head" in records[0]:
-            name = f"T={r['timesteps']} seed {r['seed']}"
+            weights = "" if r["weight_temperature"] is None else f" w@{r['weight_temperature']:g}"
+            name = f"T={r['timesteps']}{weights} seed {r['seed']}"
             trajectories[name] = ablation.weight_trajectory(records)
     return trajectories
 

@@ -6,7 +6,9 @@
 (``htakl_jax.experiments``). Files in ``DIR/analysis/``:
 
 - ``analysis.json``: firing rates (overall, before the classifier, per layer), per-image OPs / ACs /
-  MACs / energy of student and teacher, accuracies from ``DIR/results.json`` when present;
+  MACs / energy of student and teacher, the continuous endpoints on the whole eval split
+  (`htakl_jax.analysis.endpoints`: NLL, agreement with the teacher, KL(teacher || student)),
+  accuracies from ``DIR/results.json`` when present;
 - ``energy.md`` (Table III layout), ``energy_layers.csv`` (per-layer counts), ``firing_rates.csv``;
 - ``accuracy.md`` (student accuracy at each evaluated T, teacher accuracy), with results.json;
 - ``tsne_features.npz`` (labels, teacher and student penultimate features of the t-SNE examples);
@@ -27,6 +29,7 @@ import numpy as np
 from htakl_jax import data as data_lib
 from htakl_jax import runs
 from htakl_jax.analysis import tables
+from htakl_jax.analysis.endpoints import endpoints_from_logits, model_logits
 from htakl_jax.analysis.firing import SpikeStats, rates_table, spike_stats
 from htakl_jax.analysis.plots import plot_firing_rates
 from htakl_jax.analysis.tsne import penultimate_features, plot_tsne
@@ -38,6 +41,7 @@ __all__ = [
     "analyze",
     "analyze_workdir",
     "energy_summary",
+    "run_endpoints",
     "eval_subset",
     "write_analysis",
 ]
@@ -61,8 +65,7 @@ class RunAnalysis:
     @property
     def label(self) -> str:
         """The student's display name, e.g. ``"HTA-KL T=2"``."""
-        s = self.summary
-        return f"{tables.method_label(s['method'], s['head_ratio'])} T={self.stats.timesteps}"
+        return f"{tables.arm_label(self.summary)} T={self.stats.timesteps}"
 
 
 def eval_subset(
@@ -83,6 +86,17 @@ def energy_summary(estimate: EnergyEstimate) -> dict[str, Any]:
     out = dataclasses.asdict(estimate)
     out["layers"] = [dataclasses.asdict(x) for x in estimate.layers]
     return out
+
+
+def run_endpoints(
+    run: runs.TrainedRun, *, timesteps: int, batch_size: int = 256
+) -> dict[str, float]:
+    """`endpoints_from_logits` of the student at `timesteps` on the whole eval split."""
+    images = data_lib.normalize(run.eval_images, tuple(run.info.mean), tuple(run.info.std))
+    kw = dict(batch_size=batch_size)
+    student = model_logits(run.student, run.student_variables, images, timesteps=timesteps, **kw)
+    teacher = model_logits(run.teacher, run.teacher_variables, images, **kw)
+    return endpoints_from_logits(student, teacher, run.eval_labels)
 
 
 def _accuracies(workdir: str) -> dict[str, Any]:
@@ -107,7 +121,8 @@ def analyze(
 ) -> RunAnalysis:
     """Firing rates and energy of the student (at ``timesteps``, default the trained T) and the
     teacher on ``num_examples`` eval images (`eval_subset` with ``seed``), and the penultimate
-    features of both on the first ``tsne_examples`` of them."""
+    features of both on the first ``tsne_examples`` of them; the endpoints (`run_endpoints`) on
+    the whole eval split."""
     images, labels = eval_subset(run, num_examples, seed=seed)
     t = int(timesteps or run.config.student.timesteps)
     stats = spike_stats(
@@ -124,8 +139,10 @@ def analyze(
         "architecture": run.config.model.name,
         "method": s.method,
         "head_ratio": s.head_ratio,
+        "weight_temperature": s.get("weight_temperature"),
         "trained_timesteps": int(s.timesteps),
         "timesteps": t,
+        "endpoints": run_endpoints(run, timesteps=t, batch_size=batch_size),
         "firing": stats.to_dict(),
         "energy": {
             "student": energy_summary(student_energy),
@@ -156,6 +173,9 @@ def energy_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "method": method,
                 "head_ratio": summary["head_ratio"] if who == "student" else None,
+                "weight_temperature": (
+                    summary.get("weight_temperature") if who == "student" else None
+                ),
                 "architecture": arch if who == "teacher" else f"{arch} T={e['timesteps']}",
                 "firing_rate": rate,
                 "ops": e["ops"],
@@ -174,7 +194,7 @@ def accuracy_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     acc = summary["student_accuracy"]
     headers = ["Model", "Architecture"] + [f"T={t}" for t in acc]
     teacher = f"{100 * summary['teacher_accuracy']:.2f}"
-    label = tables.method_label(summary["method"], summary["head_ratio"])
+    label = tables.arm_label(summary)
     rows = [
         ["Teacher ANN", summary["architecture"], teacher] + ["-"] * (len(acc) - 1),
         [label, summary["architecture"]] + [f"{100 * a:.2f}" for a in acc.values()],

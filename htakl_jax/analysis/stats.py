@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
 
-__all__ = ["PairedStats", "paired_stats", "seeds_for_power", "verdict"]
+__all__ = [
+    "ENDPOINT_UNITS",
+    "PairedStats",
+    "paired_comparisons",
+    "paired_stats",
+    "paired_t_power",
+    "seeds_for_power",
+    "verdict",
+]
 
 # Seeds beyond which `seeds_for_power` gives up (None): more than any grid here could run.
 MAX_SEEDS = 1000
@@ -49,7 +58,7 @@ class PairedStats:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
 
-def _power(n: int, std: float, effect: float, alpha: float) -> float:
+def paired_t_power(n: int, std: float, effect: float, alpha: float) -> float:
     """Power of the two-sided paired t-test with n pairs against a true mean `effect`."""
     df = n - 1
     t_crit = scipy_stats.t.ppf(1 - alpha / 2, df)
@@ -70,7 +79,7 @@ def seeds_for_power(
     if std == 0:
         return 2
     for n in range(2, MAX_SEEDS + 1):
-        if _power(n, std, effect, alpha) >= power:
+        if paired_t_power(n, std, effect, alpha) >= power:
             return n
     return None
 
@@ -98,3 +107,58 @@ def verdict(s: PairedStats, digits: int = 2) -> str:
         return f"no interval ({s.n} seed)"
     ci = f"{round(100 * s.confidence):d}% CI [{s.low:.{digits}f}, {s.high:.{digits}f}]"
     return f"{'detected' if s.detected else 'not detected'} ({ci})"
+
+
+# Endpoint -> (scale to the reported unit, unit, effect for seeds_needed in that unit or None).
+ENDPOINT_UNITS = {
+    "accuracy": (100.0, "pp", 1.0),
+    "teacher_agreement": (100.0, "pp", 1.0),
+    "nll": (1.0, "nats", None),
+    "kl_teacher_student": (1.0, "nats", None),
+}
+
+
+def paired_comparisons(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    reference: str,
+    endpoints: Sequence[str] = ("accuracy",),
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Every arm minus the `reference` arm, paired by (timesteps, seed), per endpoint.
+
+    `rows`: one mapping per trained student with ``arm`` (a label), ``timesteps``, ``seed`` and
+    the endpoint values (fractions for accuracy and agreement, nats for NLL and KL); a row that
+    lacks an endpoint is left out of that endpoint's pairs. Returns one record per (arm, T,
+    endpoint) with at least one pair: the `PairedStats` fields in the endpoint's unit
+    (`ENDPOINT_UNITS`), its ``unit`` and the ``verdict`` words.
+    """
+    by_key = {(r["arm"], int(r["timesteps"]), int(r["seed"])): r for r in rows}
+    out = []
+    arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if a != reference]
+    for arm in arms:
+        for t in sorted({t for a, t, _ in by_key if a == arm}):
+            seeds = sorted(s for a, tt, s in by_key if a == arm and tt == t)
+            for name in endpoints:
+                scale, unit, effect = ENDPOINT_UNITS[name]
+                pairs = [(by_key[(arm, t, s)], by_key.get((reference, t, s))) for s in seeds]
+                diffs = [
+                    scale * (a[name] - b[name])
+                    for a, b in pairs
+                    if b is not None and name in a and name in b
+                ]
+                if not diffs:
+                    continue
+                s = paired_stats(diffs, confidence=confidence, effect=effect or 1.0)
+                record = dataclasses.asdict(s) | {
+                    "arm": arm,
+                    "reference": reference,
+                    "timesteps": t,
+                    "endpoint": name,
+                    "unit": unit,
+                    "verdict": verdict(s),
+                }
+                if effect is None:
+                    record["seeds_needed"] = None
+                out.append(record)
+    return out

@@ -154,49 +154,6 @@ def table1(
     return headers, rows
 
 
-def paired_differences(
-    runs: Sequence[Mapping[str, Any]], *, reference: str = "fkl"
-) -> tuple[list[str], list[list[str]]]:
-    """Each method's accuracy minus the ``reference`` method's, paired by (timesteps, seed).
-
-    Args:
-      runs: mappings with ``method``, ``timesteps``, ``seed`` and ``accuracy`` (fraction); fixed-
-        ratio runs (``head_ratio`` set) are left out.
-
-    Returns ``(headers, rows)``: per method and T, the mean ± sample std of the paired
-    differences in percentage points, the number of seeds paired, and the mean against the
-    seed-to-seed spread: ``|mean| / (std / sqrt(n))`` (paired t; ``-`` when std = 0).
-    """
-    acc: dict[tuple[str, int, int], float] = {}
-    for r in runs:
-        if r.get("head_ratio") is None:
-            acc[(r["method"], int(r["timesteps"]), int(r["seed"]))] = float(r["accuracy"])
-    headers = [f"Method - {method_label(reference)}", "T", "difference (pp)", "seeds", "|t|"]
-    rows: list[list[str]] = []
-    methods = dict.fromkeys(m for m, _, _ in acc if m != reference)
-    for method in methods:
-        for t in sorted({t for m, t, _ in acc if m == method}):
-            diffs = [
-                acc[(method, t, s)] - acc[(reference, t, s)]
-                for (m, tt, s) in acc
-                if m == method and tt == t and (reference, t, s) in acc
-            ]
-            if not diffs:
-                continue
-            mean, std = mean_std(diffs)
-            t_stat = f"{abs(mean) / (std / np.sqrt(len(diffs))):.2f}" if std > 0 else "-"
-            rows.append(
-                [
-                    method_label(method),
-                    str(t),
-                    format_mean_std(diffs),
-                    str(len(diffs)),
-                    t_stat,
-                ]
-            )
-    return headers, rows
-
-
 def table3(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Energy table in the paper's Table III layout, averaged over seeds.
 
