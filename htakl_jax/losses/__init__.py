@@ -22,9 +22,11 @@ Conventions shared by every loss:
 HTA-KL (head-tail-aware KL): teacher classes sorted by probability form a "head" (the prefix whose
 cumulative teacher mass stays <= mu, and always the top-1 class) and a "tail" (the rest). The summed
 |p - q| gaps on each side set the weights of forward KL (head-seeking) and reverse KL
-(tail-covering): HTA-KL = w_head * FKL + w_tail * RKL. Ties in teacher probability are broken by
-class index (the lower index ranks first), so the head set is deterministic. Up to 1024 classes the
-head comes from a sort; above, from a sort-free threshold search with the same result.
+(tail-covering): HTA-KL = w_head * FKL + w_tail * RKL. By default the weights come from the same
+temperature-softened p and q as the KL terms; `weight_temperature` takes them at another
+temperature (1.0: the unsoftened distributions; see `hta_kl`). Ties in teacher probability are
+broken by class index (the lower index ranks first), so the head set is deterministic. Up to 1024
+classes the head comes from a sort; above, from a sort-free threshold search with the same result.
 """
 
 from htakl_jax.losses.head_set import PATHS as HEAD_SET_PATHS
