@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -144,6 +145,34 @@ def test_cifar10_pickle_layout_labels_names_and_stats(cifar10_pickle_dir):
     np.testing.assert_array_equal(tx, _rows_to_nhwc_reference(batches["test_batch"][0]))
     np.testing.assert_array_equal(ty, [9, 0, 4])
     assert tinfo.mean == info.mean  # test split normalised with train statistics
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted data file could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(cifar10_pickle_dir, tmp_path):
+    root, _ = cifar10_pickle_dir
+    marker = tmp_path / "code_ran"
+    rows = _cifar_rows(2, seed=1)
+    _write_pickle(root / "test_batch", {b"data": rows, b"labels": [0, 1], b"x": _RunsCode(marker)})
+    with pytest.raises(ValueError, match=r"test_batch.*refusing to load global (posix|os)\.system"):
+        data.load_split("cifar10_pickle", "test", data_dir=root)
+    assert not marker.exists()
+    # The same file without the payload loads (arrays, lists, bytes and ints are admitted), also
+    # as a protocol-2 pickle (NumPy arrays and bytes rebuilt through admitted globals).
+    clean = {b"data": rows, b"labels": [0, 1], b"batch_label": b"x"}
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        (root / "test_batch").write_bytes(pickle.dumps(clean, protocol=protocol))
+        x, y, _ = data.load_split("cifar10_pickle", "test", data_dir=root)
+        np.testing.assert_array_equal(x, _rows_to_nhwc_reference(rows))
+        assert list(y) == [0, 1]
 
 
 def test_cifar10_pickle_errors(cifar10_pickle_dir):

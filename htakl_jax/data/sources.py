@@ -259,7 +259,7 @@ class _CifarPickle(_Source):
     def _unpickle(self, path: Path) -> dict:
         try:
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
+                d = SafeUnpickler(f, encoding="bytes").load()
         except Exception as e:  # pickle raises many types on a bad file
             raise ValueError(f"{self.name}: cannot unpickle {path}: {e}") from e
         if not isinstance(d, dict):
@@ -295,6 +295,33 @@ class _CifarPickle(_Source):
             np.ascontiguousarray(np.concatenate(images)),
             np.concatenate(labels).astype(np.int32),
         )
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles only what the official CIFAR python files hold: dicts, lists, bytes, str, ints
+    and NumPy arrays. Any other global (a function or class a crafted file would call, e.g.
+    os.system) raises pickle.UnpicklingError naming it, before anything is called."""
+
+    # Built-in containers and scalars need no global; NumPy arrays need these (numpy 1 and 2
+    # module names; protocol 5 rebuilds arrays with _frombuffer), and Python 3 protocol-2
+    # pickles rebuild bytes with _codecs.encode. Each only builds an array or bytes.
+    ALLOWED = frozenset(
+        (f"numpy.{core}.{module}", name)
+        for core in ("core", "_core")
+        for module, name in (
+            ("multiarray", "_reconstruct"),
+            ("multiarray", "scalar"),
+            ("numeric", "_frombuffer"),
+        )
+    ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load global {module}.{name}: CIFAR pickles may hold only dicts, "
+                "lists, bytes, str, ints and NumPy arrays"
+            )
+        return super().find_class(module, name)
 
 
 def _folder_classes(root: Path, split: str) -> tuple[str, ...]:
