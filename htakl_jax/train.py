@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from htakl_jax import checkpoint as ckpt_lib
-from htakl_jax import config_validation, evaluate, parallel, runs, steps
+from htakl_jax import config_validation, evaluate, locking, parallel, runs, steps
 from htakl_jax import data as data_lib
 from htakl_jax import metrics as metrics_lib
 
@@ -360,6 +360,22 @@ def train_and_evaluate(
     )
     for phase in plan.phases:
         _check_batch(config, phase, len(train_sets[phase]))
+    # Before any compile or write: a second run on this workdir stops here.
+    with locking.workdir_lock(workdir, enabled=jax.process_index() == 0):
+        return _run(config, workdir, plan, mode, mesh, train_sets, eval_ds, info)
+
+
+def _run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    plan: _Plan,
+    mode: str,
+    mesh: jax.sharding.Mesh,
+    train_sets: dict[str, runs.Dataset],
+    eval_ds: runs.Dataset,
+    info: Any,
+) -> dict | None:
+    """`train_and_evaluate` once its inputs are checked and the workdir is locked."""
     programs = {
         phase: steps.phase_program(
             phase, config, mesh=mesh, info=info, num_train=len(train_sets[phase])
