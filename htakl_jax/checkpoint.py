@@ -19,11 +19,14 @@ to restore while an older one restores is treated as corrupt: a warning names it
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging as std_logging
 import os
+import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -59,6 +62,8 @@ def _manager(directory: str, *, keep: int, async_save: bool) -> ocp.CheckpointMa
         max_to_keep=keep,
         enable_async_checkpointing=async_save,
         create=True,
+        # A save cut short (killed, disk full) leaves a temporary folder: removed at start.
+        cleanup_tmp_directories=True,
         multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix),
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
@@ -120,6 +125,46 @@ def _restore_newest_good(directory: str, restore: Callable[[int], Any]) -> Any:
     ) from err
 
 
+class DiskFull(OSError):
+    """A checkpoint write ran out of space; earlier checkpoints are intact."""
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether `error` or an exception it was raised from is ENOSPC (Orbax and TensorStore wrap
+    the OSError, sometimes only its message)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _state_bytes(state: Any) -> int:
+    return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+
+
+@contextlib.contextmanager
+def _disk_full_as_error(directory: str, needed_bytes: int | None) -> Iterator[None]:
+    """Turns ENOSPC raised while writing checkpoints into `directory` into a one-line DiskFull."""
+    try:
+        yield
+    except Exception as e:
+        if not _is_disk_full(e):
+            raise
+        free = shutil.disk_usage(directory).free if os.path.isdir(directory) else None
+        need = "" if needed_bytes is None else f"about {needed_bytes:,} bytes needed, "
+        raise DiskFull(
+            errno.ENOSPC,
+            f"no space left on device writing a checkpoint into {directory} ({need}"
+            f"{'unknown' if free is None else f'{free:,}'} bytes free); earlier checkpoints are "
+            "intact: free space and rerun the same command to resume",
+        ) from e
+
+
 class PhaseCheckpoints:
     """Latest-N and best-by-accuracy checkpoint managers for one phase directory."""
 
@@ -142,7 +187,9 @@ class PhaseCheckpoints:
         for manager in managers:
             if manager.latest_step() == step:
                 continue  # already saved at this step (e.g. end of epoch, then final save)
-            manager.save(step, args=_save_args(state, meta), force=True)
+            # An async save's failure surfaces at the next save: both are covered.
+            with _disk_full_as_error(str(manager.directory), _state_bytes(state)):
+                manager.save(step, args=_save_args(state, meta), force=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the newest readable state into the structure/shardings of `abstract_state`.
@@ -173,8 +220,9 @@ class PhaseCheckpoints:
 
     def wait(self) -> None:
         """Blocks until background saves are on disk."""
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        for manager in (self._latest, self._best):
+            with _disk_full_as_error(str(manager.directory), None):
+                manager.wait_until_finished()
 
     def close(self) -> None:
         self._latest.close()

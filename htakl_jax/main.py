@@ -6,9 +6,10 @@
 
 --mode: all (teacher, then student, then eval; a finished teacher is reused), teacher, distill
 (needs a teacher checkpoint), eval (writes WORKDIR/results.json). Rerunning with the same workdir
-resumes from the latest checkpoint. Exit codes: 0 done, 1 invalid config / data / checkpoint
-(nothing written), 2 non-finite loss (last good checkpoint kept), 143 stopped by SIGTERM after
-saving a checkpoint (rerun to resume).
+resumes from the latest checkpoint. Exit codes: 0 done, 1 invalid config / data / checkpoint or
+a workdir in use by another run (nothing written), 2 non-finite loss (last good checkpoint kept),
+3 disk full while writing a checkpoint (earlier ones intact; free space and rerun to resume),
+143 stopped by SIGTERM after saving a checkpoint (rerun to resume).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.DEFINE_enum("mode", "all", runs.MODES, "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_INVALID, EXIT_NONFINITE, EXIT_PREEMPTED = 1, 2, 143
+EXIT_INVALID, EXIT_NONFINITE, EXIT_DISK_FULL, EXIT_PREEMPTED = 1, 2, 3, 143
 
 
 def main(argv: list[str]) -> None:
@@ -73,6 +74,10 @@ def main(argv: list[str]) -> None:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_NONFINITE)
+    except checkpoint.DiskFull as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_DISK_FULL)
     except (ValueError, FileNotFoundError) as e:
         # E.g. data loading or checkpoint/class-count checks (these run before any write).
         logging.error("%s", e)

@@ -286,8 +286,10 @@ def train_phase(
                     checkpoints.wait()
                     raise Preempted(f"{program.phase}: stopped at step {step}; checkpoint saved")
     finally:
-        checkpoints.wait()
-        checkpoints.close()
+        try:
+            checkpoints.wait()
+        finally:
+            checkpoints.close()
     # Also when resuming a checkpoint saved after the last epoch but before it was marked finished.
     return meta | {"finished": bool(meta.get("finished")) or step >= phase.total_steps}
 

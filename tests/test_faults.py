@@ -212,3 +212,49 @@ def test_same_seed_is_bitwise_reproducible_and_another_seed_differs(tiny, tmp_pa
     diffs = kill_resume.differences(a, c)
     assert any("variables/params" in d for d in diffs), diffs
     assert metrics_a[0]["train_loss"] != metrics_c[0]["train_loss"]
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    phase = tmp_path / "student"
+    ck = ckpt_lib.PhaseCheckpoints(str(phase), keep=3, async_save=False)
+    ck.save(_state(1, 10), {"epoch": 1, "model": dict(MODEL)})
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        # What a write cut short by ENOSPC leaves: a partial temporary folder, then the error.
+        partial = Path(self.directory) / f"{step}.orbax-checkpoint-tmp-1"
+        partial.mkdir()
+        (partial / "half").write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", str(partial / "half"))
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    state_20 = _state(2, 20)
+    with pytest.raises(ckpt_lib.DiskFull) as info:
+        ck.save(state_20, {"epoch": 2, "model": dict(MODEL)})
+    message = str(info.value)
+    assert str(phase / ckpt_lib.LATEST_DIR) in message
+    needed = sum(x.nbytes for x in jax.tree.leaves(state_20))
+    assert f"about {needed:,} bytes needed" in message and "bytes free" in message
+    assert "rerun the same command to resume" in message and "\n" not in message
+    ck.close()
+
+    # Space freed, the run restarted: the previous checkpoint restores, the partial one is gone,
+    # and the next save succeeds.
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    ck = ckpt_lib.PhaseCheckpoints(str(phase), keep=3, async_save=False)
+    restored, meta = ck.restore_latest(ckpt_lib.abstract_like(_state(0, 0)))
+    assert int(restored.step) == 10 and meta["epoch"] == 1
+    np.testing.assert_array_equal(
+        restored.params["dense"]["kernel"], _state(1, 10).params["dense"]["kernel"]
+    )
+    assert not list((phase / ckpt_lib.LATEST_DIR).glob("*tmp*"))
+    ck.save(state_20, {"epoch": 2, "model": dict(MODEL)})
+    assert ck.latest_step() == 20
+    ck.close()

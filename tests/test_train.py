@@ -122,6 +122,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path / "teacher" / ckpt_lib.LATEST_DIR)) == ["4"]
 
 
+def test_disk_full_stops_with_one_error_and_the_rerun_resumes(setup, tmp_path, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    real_save = ocp.CheckpointManager.save
+
+    def full_after_step_4(self, step, *args, **kwargs):
+        if step > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_after_step_4)
+    with pytest.raises(ckpt_lib.DiskFull, match=r"no space left on device writing a checkpoint"):
+        _teacher(setup, tmp_path)
+    monkeypatch.undo()
+    state, meta = _latest(setup, tmp_path)
+    assert int(state.step) == 4 and meta["epoch"] == 1  # the last checkpoint before the full disk
+    meta = _teacher(setup, tmp_path)  # space freed: the same call resumes and finishes
+    assert meta["finished"] and int(_latest(setup, tmp_path)[0].step) == 8
+
+
 def test_train_phase_rejects_bad_arguments(setup, tmp_path):
     config, program, train_ds, eval_ds, mesh = setup
     with pytest.raises(ValueError, match="phase must be one of"):
