@@ -43,9 +43,16 @@ def quiet_orbax_logging() -> None:
     """Keeps only Orbax's warnings and errors on the console (it logs every action at INFO)."""
 
     def keep(record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if "/orbax/" not in record.pathname:
+            return True
+        # Restores open managers read-only on purpose; Orbax warns about that at every restore.
+        message = record.getMessage()
+        read_only = "read only" in message or "read_only=True" in message
+        return record.levelno >= std_logging.WARNING and not read_only
 
     logging.get_absl_handler().addFilter(keep)
+    # absl's Python logger too: before absl.app starts, records reach Python's own handlers.
+    std_logging.getLogger("absl").addFilter(keep)
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:

@@ -72,13 +72,16 @@ def make_optimizer(
     """
     total = phase_config.epochs * steps_per_epoch
     warmup = min(phase_config.warmup_epochs * steps_per_epoch, max(total - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else phase_config.lr,
-        peak_value=phase_config.lr,
-        warmup_steps=warmup,
-        decay_steps=max(total, 1),
-        end_value=0.0,
-    )
+    if warmup:
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=phase_config.lr,
+            warmup_steps=warmup,
+            decay_steps=max(total, 1),
+            end_value=0.0,
+        )
+    else:  # the same values; optax warns about a warmup of 0 steps
+        schedule = optax.cosine_decay_schedule(phase_config.lr, decay_steps=max(total, 1))
     tx = optax.chain(
         optax.add_decayed_weights(phase_config.weight_decay, mask=weight_decay_mask),
         optax.sgd(schedule, momentum=phase_config.momentum, nesterov=phase_config.nesterov),

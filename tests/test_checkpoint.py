@@ -98,3 +98,19 @@ def test_missing_checkpoint_errors(tmp_path):
         ckpt_lib.read_meta(str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match="keep must be >= 1"):
         ckpt_lib.PhaseCheckpoints(str(tmp_path / "x"), keep=0)
+
+
+def test_quiet_orbax_logging_drops_info_and_read_only_warnings():
+    import logging as std_logging
+
+    ckpt_lib.quiet_orbax_logging()
+    logger = std_logging.getLogger("absl")
+
+    def record(level, message, path="/site-packages/orbax/checkpoint/checkpoint_manager.py"):
+        return std_logging.LogRecord("absl", level, path, 1, message, None, None)
+
+    assert not logger.filter(record(std_logging.INFO, "Saving checkpoint"))
+    assert not logger.filter(record(std_logging.WARNING, "Given directory is read only=/x"))
+    assert not logger.filter(record(std_logging.WARNING, "Options.read_only=True, setting x"))
+    assert logger.filter(record(std_logging.WARNING, "something else went wrong"))
+    assert logger.filter(record(std_logging.INFO, "ours", path="/repo/htakl_jax/train.py"))

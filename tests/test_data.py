@@ -650,3 +650,13 @@ def test_eval_batches_cover_every_example_once():
     np.testing.assert_array_equal(out[-1][1], [True, True, False, False])
     assert (out[-1][0] < 10).all()  # padding indices stay gatherable
     assert list(data.eval_batches(0, 4)) == []
+
+
+@pytest.mark.parametrize("name", ["cifar10_pickle", "tiny_imagenet"])
+def test_data_dir_that_is_a_file_is_a_one_line_value_error(tmp_path, name):
+    path = tmp_path / "file.txt"
+    path.write_text("not a folder")
+    with pytest.raises(
+        ValueError, match=rf"{name}: data_dir .*file.txt is a file; it must be a folder"
+    ):
+        data.check_split(name, "train", data_dir=path)

@@ -181,7 +181,9 @@ class _Source:
         if not root.exists():
             raise FileNotFoundError(f"{self.name}: data_dir {root} does not exist")
         if not root.is_dir():
-            raise NotADirectoryError(f"{self.name}: data_dir {root} is not a folder")
+            # ValueError: a user error, reported as one line (the packed image-folder file is
+            # handled before this, by the image_folder source).
+            raise ValueError(f"{self.name}: data_dir {root} is a file; it must be a folder")
         return root
 
     def canonical_split(self, split: str) -> str:
