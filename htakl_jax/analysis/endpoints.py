@@ -22,7 +22,7 @@ import numpy as np
 
 from htakl_jax import losses
 
-__all__ = ["ENDPOINTS", "endpoints_from_logits", "model_logits"]
+__all__ = ["ENDPOINTS", "apply_in_batches", "endpoints_from_logits", "model_logits"]
 
 # Endpoint name -> whether larger is better (for the direction of a paired difference).
 ENDPOINTS = {
@@ -39,6 +39,22 @@ def _logits(variables: Any, x: jax.Array, *, model: nn.Module, timesteps: int | 
     return jnp.mean(logits, 0) if logits.ndim == 3 else logits  # [T, B, C] -> [B, C]
 
 
+def apply_in_batches(
+    fn: Any, variables: Any, images_NHWC: np.ndarray, *, batch_size: int
+) -> np.ndarray:
+    """``jax.jit(fn)(variables, batch)`` over batches of normalised images, concatenated as
+    float32 NumPy (for evaluation-time outputs: logits, features)."""
+    images = np.asarray(images_NHWC)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images_NHWC must be a non-empty [N, H, W, C] array, got {images.shape}")
+    jitted = jax.jit(fn)
+    parts = [
+        np.asarray(jitted(variables, jnp.asarray(images[i : i + batch_size], jnp.float32)))
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    return np.concatenate(parts).astype(np.float32)
+
+
 def model_logits(
     model: nn.Module,
     variables: Any,
@@ -48,15 +64,8 @@ def model_logits(
     batch_size: int = 256,
 ) -> np.ndarray:
     """Logits ``[N, C]`` (float32) of normalised images; a student's averaged over its T."""
-    images = np.asarray(images_NHWC)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"images_NHWC must be a non-empty [N, H, W, C] array, got {images.shape}")
-    fn = jax.jit(functools.partial(_logits, model=model, timesteps=timesteps))
-    parts = [
-        np.asarray(fn(variables, jnp.asarray(images[i : i + batch_size], jnp.float32)))
-        for i in range(0, images.shape[0], batch_size)
-    ]
-    return np.concatenate(parts).astype(np.float32)
+    fn = functools.partial(_logits, model=model, timesteps=timesteps)
+    return apply_in_batches(fn, variables, images_NHWC, batch_size=batch_size)
 
 
 def endpoints_from_logits(

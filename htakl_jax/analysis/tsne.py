@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 from matplotlib.figure import Figure
 
+from htakl_jax.analysis.endpoints import apply_in_batches
 from htakl_jax.analysis.plots import new_figure, save
 
 __all__ = ["penultimate_features", "plot_tsne", "tsne_embed"]
@@ -38,15 +39,8 @@ def penultimate_features(
 
     ``images_NHWC`` are normalised floats; ``timesteps`` overrides a student's T.
     """
-    images = np.asarray(images_NHWC)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"images_NHWC must be a non-empty [N, H, W, C] array, got {images.shape}")
-    fn = jax.jit(functools.partial(_features, model=model, timesteps=timesteps))
-    parts = [
-        np.asarray(fn(variables, jnp.asarray(images[i : i + batch_size], jnp.float32)))
-        for i in range(0, images.shape[0], batch_size)
-    ]
-    return np.concatenate(parts).astype(np.float32)
+    fn = functools.partial(_features, model=model, timesteps=timesteps)
+    return apply_in_batches(fn, variables, images_NHWC, batch_size=batch_size)
 
 
 def tsne_embed(features_ND: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
