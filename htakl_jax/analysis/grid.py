@@ -76,9 +76,8 @@ def collect_rows(cells_dir: str, cells: Sequence[CellLike]) -> list[dict[str, An
         row |= {f"accuracy_T{t}": a for t, a in res["student_accuracy"].items()}
         if os.path.isfile(_analysis_path(cell_dir)):
             an = _read_json(_analysis_path(cell_dir))
-            row |= {
-                k: an.get("endpoints", {})[k] for k in ENDPOINTS if k in an.get("endpoints", {})
-            }
+            endpoints = an.get("endpoints", {})
+            row |= {k: endpoints[k] for k in ENDPOINTS if k in endpoints}
             e = an["energy"]["student"]
             row |= {
                 "firing_rate": an["firing"]["pre_classifier_rate"],
