@@ -45,9 +45,18 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         cv.check_keys_and_types(config)
         cv.check_values(config, num_devices=4)
     powered = runpy.run_path(str(ROOT / "configs" / "powered.py"))["get_config"]
-    for config in (powered("base"), powered().base):
+    for config in (
+        powered("base"),
+        powered().base,
+        powered("restart_base"),
+        powered("restart").base,
+    ):
         cv.check_keys_and_types(config)
         cv.check_values(config, num_devices=4)
+    restart = powered("restart_base")
+    assert (restart.data.train_examples, restart.student.epochs) == (10000, 8)
+    with pytest.raises(ValueError, match="argument must be one of"):
+        powered("restart_grid")
     # A best checkpoint may be selected on held-out training images.
     config = _config()
     config.data.validation_examples, config.data.eval_on_validation = 100, True

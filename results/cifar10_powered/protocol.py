@@ -1,12 +1,14 @@
 """The data-driven steps of the powered protocol (configs/powered.py), each reading only training
 metrics or hold-out accuracies, never the test split:
 
-  python results/cifar10_powered/protocol.py choose-lr WORKDIR     # tuning.{json,md}
-  python results/cifar10_powered/protocol.py head-ratio WORKDIR    # head_ratio.json
-  python results/cifar10_powered/protocol.py spread WORKDIR        # the 4-seed check (test split)
+  python results/cifar10_powered/protocol.py choose-lr WORKDIR [OUT]   # tuning.{json,md}
+  python results/cifar10_powered/protocol.py head-ratio WORKDIR [OUT]  # head_ratio.json
+  python results/cifar10_powered/protocol.py spread WORKDIR            # the 4-seed check
 
-`spread` reads test accuracies, but only the spread of the paired differences, to check the
-protocol's power after 4 seeds as planned; it selects nothing.
+OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
+restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
+the protocol's power after 4 seeds as planned; it selects nothing, and exits 1 when the spread is
+above 2 points so that run.sh stops instead of spending the budget on an underpowered grid.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from htakl_jax.analysis import stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIRST_SEEDS = (0, 1, 2, 3)
+MAX_SPREAD = 2.0  # points: the planned bound on the SD of the paired accuracy differences
 
 
-def choose_lr(workdir: str) -> None:
+def choose_lr(workdir: str, out: str = HERE) -> None:
     """The FKL learning rate with the best hold-out accuracy -> tuning.json and tuning.md."""
     found = []
     for path in sorted(glob.glob(os.path.join(workdir, "tune", "*", runs.RESULTS_FILE))):
@@ -44,7 +47,7 @@ def choose_lr(workdir: str) -> None:
         raise FileNotFoundError(f"no tuning run in {workdir}/tune")
     found.sort(key=lambda r: r["lr"])
     chosen = max(found, key=lambda r: r["holdout_accuracy"])
-    runs.write_json(os.path.join(HERE, "tuning.json"), {"runs": found, "chosen": chosen})
+    runs.write_json(os.path.join(out, "tuning.json"), {"runs": found, "chosen": chosen})
     lines = [
         "# Student learning rate (FKL, T = 1, seed 0, CIFAR-10 hold-out)",
         "",
@@ -56,12 +59,12 @@ def choose_lr(workdir: str) -> None:
     ]
     lines += [f"| {r['lr']:g} | {100 * r['holdout_accuracy']:.1f} |" for r in found]
     lines += ["", f"Chosen: {chosen['lr']:g}."]
-    with open(os.path.join(HERE, "tuning.md"), "w") as f:
+    with open(os.path.join(out, "tuning.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def head_ratio(workdir: str) -> None:
+def head_ratio(workdir: str, out: str = HERE) -> None:
     """Mean adaptive head weight of HTA-KL over training (seeds 0-3) -> head_ratio.json."""
     means = []
     for seed in FIRST_SEEDS:
@@ -71,9 +74,9 @@ def head_ratio(workdir: str) -> None:
             raise FileNotFoundError(f"no training metrics in {path}")
         means.append(float(np.mean([r["train_w_head"] for r in records])))
     chosen = {"head_ratio": float(np.mean(means)), "seeds": list(FIRST_SEEDS)}
-    out = {"per_seed_epoch_mean": means, "chosen": chosen}
-    runs.write_json(os.path.join(HERE, "head_ratio.json"), out)
-    print(json.dumps(out, indent=2))
+    result = {"per_seed_epoch_mean": means, "chosen": chosen}
+    runs.write_json(os.path.join(out, "head_ratio.json"), result)
+    print(json.dumps(result, indent=2))
 
 
 def spread(workdir: str) -> None:
@@ -89,12 +92,14 @@ def spread(workdir: str) -> None:
     s = stats.paired_stats(diffs)
     print(f"paired differences (pp): {np.round(diffs, 2).tolist()}")
     print(f"std {s.std:.2f} pp; {stats.verdict(s)}; seeds for 1 pp at 80% power: {s.seeds_needed}")
-    print("protocol holds" if s.std <= 2.0 else "spread above 2 points: change the protocol")
+    if s.std > MAX_SPREAD:
+        sys.exit(f"spread above {MAX_SPREAD:g} points: change the protocol")
+    print("protocol holds")
 
 
 COMMANDS = {"choose-lr": choose_lr, "head-ratio": head_ratio, "spread": spread}
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in COMMANDS:
-        sys.exit(f"usage: protocol.py {{{','.join(COMMANDS)}}} WORKDIR")
-    COMMANDS[sys.argv[1]](sys.argv[2])
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: protocol.py {{{','.join(COMMANDS)}}} WORKDIR [OUT]")
+    COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -1,45 +1,59 @@
 #!/usr/bin/env bash
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
-#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered]
+#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart] [TEACHER]
+# The restart reuses the first protocol's finished teacher (same config): TEACHER, by default
+# runs/powered/teacher, is linked into WORKDIR when WORKDIR has none.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
+protocol=${2:-first}
 here=results/cifar10_powered
-base=configs/powered.py:base
+case "$protocol" in
+  first) grid=configs/powered.py:grid; base=configs/powered.py:base; out=$here
+         lrs="0.05 0.1 0.2 0.4" ;;
+  restart) grid=configs/powered.py:restart; base=configs/powered.py:restart_base; out=$here/restart
+           lrs="0.025 0.05 0.1" ;;
+  *) echo "error: PROTOCOL must be first or restart, got '$protocol'" >&2; exit 1 ;;
+esac
+mkdir -p "$work" "$out"
 teacher="$(realpath -m "$work")/teacher"
+finished() { python -c "import sys; from htakl_jax import runs; sys.exit(not runs.teacher_finished('$1'))"; }
 
 # 1. The teacher: 49,000 training images (all but the 1,000-image hold-out).
-if ! python -c "import sys; from htakl_jax import runs; sys.exit(not runs.teacher_finished('$teacher'))"; then
-  python -m htakl_jax.main --config "$base" --mode teacher --workdir "$work"
+given=${3:-runs/powered/teacher}
+if [ "$protocol" = restart ] && [ ! -e "$teacher" ] && finished "$given"; then
+  ln -s "$(realpath "$given")" "$teacher"
 fi
+finished "$teacher" || python -m htakl_jax.main --config "$base" --mode teacher --workdir "$work"
 
 # 2. The student learning rate: FKL, seed 0, scored on the hold-out (never the test split).
-if [ ! -f "$here/tuning.json" ]; then
-  for lr in 0.05 0.1 0.2 0.4; do
-    out="$work/tune/lr$lr"
-    [ -f "$out/results.json" ] && continue
-    python -m htakl_jax.main --config "$base" --mode all --workdir "$out" \
+if [ ! -f "$out/tuning.json" ]; then
+  for lr in $lrs; do
+    tune="$work/tune/lr$lr"
+    [ -f "$tune/results.json" ] && continue
+    python -m htakl_jax.main --config "$base" --mode all --workdir "$tune" \
       --config.data.eval_on_validation=True --config.student.lr="$lr" \
       --config.student.teacher_checkpoint="$teacher"
   done
-  python "$here/protocol.py" choose-lr "$work"
+  python "$here/protocol.py" choose-lr "$work" "$out"
 fi
 
-# 3. FKL and HTA-KL at seeds 0-3, then the planned check of the paired spread.
-python -m htakl_jax.experiments --config configs/powered.py --workdir "$work" --stage train \
+# 3. FKL and HTA-KL at seeds 0-3, then the planned check of the paired spread (stops here when
+#    the spread is above 2 points).
+python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
   "--config.grid.seeds=(0,1,2,3)" "--config.ablation.weight_temperatures=()"
 python "$here/protocol.py" spread "$work"
 
 # 4. The fixed ratio r: HTA-KL's mean head weight over training at seeds 0-3.
-[ -f "$here/head_ratio.json" ] || python "$here/protocol.py" head-ratio "$work"
+[ -f "$out/head_ratio.json" ] || python "$here/protocol.py" head-ratio "$work" "$out"
 
 # 5. Every arm: FKL and HTA-KL at seeds 4-7, HTA-KL (weights at tau = 1) and the fixed ratio at
 #    seeds 0-3; then the per-cell analysis (endpoints, firing, energy) and the tables.
-python -m htakl_jax.experiments --config configs/powered.py --workdir "$work" --stage train
-python -m htakl_jax.experiments --config configs/powered.py --workdir "$work" --stage analyze
-python -m htakl_jax.experiments --config configs/powered.py --workdir "$work" --stage report
-for f in results.csv results.json table1.md paired.md table3.md ablation.md; do
-  [ -f "$work/$f" ] && cp "$work/$f" "$here/"
+for stage in train analyze report; do
+  python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage "$stage"
 done
-mkdir -p "$here/plots" && cp "$work"/plots/*.png "$here/plots/"
+for f in results.csv results.json table1.md endpoints.md paired.md table3.md ablation.md; do
+  [ -f "$work/$f" ] && cp "$work/$f" "$out/"
+done
+mkdir -p "$out/plots" && cp "$work"/plots/*.png "$out/plots/"
