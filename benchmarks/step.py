@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import runpy
 import types
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from htakl_jax import losses, methods, parallel, runs, steps, surrogate
+from htakl_jax import defaults, losses, methods, parallel, runs, steps, surrogate
 from htakl_jax.layers import scale_width
 from htakl_jax.models import get_model
 from htakl_jax.parallel import cpu_compiler_options
@@ -221,7 +220,7 @@ def _taps_only(config) -> methods.Method:
 def distill_runner(name: str, method: str, *, timesteps: int, width: float, batch: int, dtype):
     """The training program's own distillation step (steps.phase_program) for `method`, on one
     device and one fixed batch, with a randomly initialised teacher."""
-    config = runpy.run_path(str(ROOT / "configs" / "default.py"))["get_config"]()
+    config = defaults.get_config()
     config.model.name, config.model.width_mult, config.model.dtype = name, width, dtype
     config.student.timesteps, config.student.batch_size = timesteps, batch
     config.student.method = "fkl" if method == "fkl + taps" else method

@@ -4,15 +4,14 @@ Usage: `--config configs/cifar.py:DATASET,ARCH,T`, e.g. `configs/cifar.py:cifar1
 DATASET in {cifar10, cifar100} (tensorflow-datasets source; prepare it once with `tfds build`),
 ARCH in {resnet19, resnet20, vgg16}, T = training timesteps of the student (1, 2, 4 or 6).
 Paper settings: SGD momentum 0.9, LR 0.01 with cosine decay, batch 128, 300 epochs, random crop (pad
-4) + horizontal flip. Choices where the paper is silent are documented in configs/default.py.
+4) + horizontal flip. Choices where the paper is silent are documented in htakl_jax/defaults.py.
 """
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
-
 import ml_collections
+
+from htakl_jax import defaults
 
 _DATASETS = ("cifar10", "cifar100")
 _ARCHS = ("resnet19", "resnet20", "vgg16")
@@ -31,7 +30,7 @@ def get_config(arg: str = "cifar10,resnet20,4") -> ml_collections.ConfigDict:
     if not timesteps.isdigit() or int(timesteps) < 1:
         raise ValueError(f"configs/cifar.py: T must be a positive integer, got {timesteps!r}")
 
-    config = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
+    config = defaults.get_config()
     config.data.name = dataset
     config.data.pad = 4
     config.data.flip = True

@@ -1,7 +1,8 @@
 """CIFAR-10 from a local image-folder tree (`root/{train,test}/<class>/*.jpg`), no tfds needed.
 
-Defaults to the shared offline copy `../shared/data/cifar10` (relative to the repository root; set
-`--config.data.data_dir` for another location). Decoded arrays are cached under `data.cache_dir`.
+Defaults to `data/cifar10` (relative to the repository root, where README "Data" puts the data;
+set `--config.data.data_dir` for another location). Decoded arrays are cached under
+`data.cache_dir`.
 Usage: `--config configs/cifar10_local.py:ARCH,T` (default `resnet20,4`).
 """
 
@@ -19,5 +20,5 @@ def get_config(arg: str = "resnet20,4") -> ml_collections.ConfigDict:
         f"cifar10,{arg}"
     )
     config.data.name = "image_folder"
-    config.data.data_dir = "../shared/data/cifar10"
+    config.data.data_dir = "data/cifar10"
     return config

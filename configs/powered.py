@@ -5,9 +5,10 @@ Usage (results/cifar10_powered/README.md has the whole protocol and `run.sh` run
   python -m htakl_jax.main --config configs/powered.py:base ...   # one training run of it
 
 Fixed before any test result was seen:
-- data: the shared CIFAR-10 JPEG folders. 1,000 training images (100 per class, `subset_seed`
-  0) are held out of all training: the only split that tunes anything. The teacher trains on the
-  other 49,000; every student on one fixed class-balanced subset of 20,000 of them.
+- data: the CIFAR-10 JPEG folders in `data/cifar10`. 1,000 training images (100 per class,
+  `subset_seed` 0) are held out of all training: the only split that tunes anything. The
+  teacher trains on the other 49,000; every student on one fixed class-balanced subset of
+  20,000 of them.
 - teacher: resnet20 at width 1/8 (stage widths 8-16-32-64, an ANN), 15 epochs, SGD 0.1 with
   cosine decay, batch 128, evaluated once after its last epoch.
 - students: the same network spiking at T = 1 (`decay_input=False` LIF, as results/cifar10),
@@ -38,6 +39,8 @@ from pathlib import Path
 
 import ml_collections
 
+from htakl_jax import defaults
+
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "cifar10_powered"
 # Per protocol: where its data-driven choices live, the student subset and epochs, and the
 # learning rate before tuning.
@@ -56,9 +59,9 @@ def _read_chosen(results: Path, name: str, key: str) -> float | None:
 def base_config(protocol: str = "first") -> ml_collections.ConfigDict:
     """The training config shared by the teacher, the tuning runs and every cell."""
     p = PROTOCOLS[protocol]
-    c = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
+    c = defaults.get_config()
     c.data.name = "image_folder"
-    c.data.data_dir = "../shared/data/cifar10"
+    c.data.data_dir = "data/cifar10"
     c.data.validation_examples = 1000
     c.data.train_examples = p["train_examples"]
     c.data.teacher_train_examples = 0  # every training image not held out

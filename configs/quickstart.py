@@ -6,15 +6,14 @@ distills a T=2 student with HTA-KL and evaluates it at T = 1, 2, 4 in a few minu
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
-
 import ml_collections
+
+from htakl_jax import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Digits + resnet20 at width 1/4, teacher and student each trained for a few epochs."""
-    config = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
+    config = defaults.get_config()
     config.data.name = "digits"
     config.data.pad = 1  # 8x8 images: a 1-pixel shift is the analogue of CIFAR's 4 at 32x32
     config.data.flip = False  # digits are not mirror-symmetric

@@ -1,8 +1,9 @@
 """The reduced-scale reproduction on real data for 2 CPU cores (results/, README "Results").
 
-Usage: `--config configs/reduced.py:DATASET` with DATASET `cifar10` (the shared JPEG image folders,
-`../shared/data/cifar10`) or `tiny_imagenet` (the shared 40-images-per-class subset); the grids
-are run through `configs/compare.py:reduced:DATASET` (see results/README.md for the commands).
+Usage: `--config configs/reduced.py:DATASET` with DATASET `cifar10` (the JPEG image folders in
+`data/cifar10`) or `tiny_imagenet` (a 40-images-per-class subset in `data/tiny-imagenet-200`);
+the grids are run through `configs/compare.py:reduced:DATASET` (results/README.md has the
+commands).
 
 What is reduced, relative to the paper (ResNet-20, full data, 300 epochs, T up to 6):
 - width: resnet20 at width 1/8 (stage widths 8-16-32-64; 3.4 M MACs at 32x32 instead of 216 M);
@@ -26,10 +27,11 @@ alpha and the KD temperature come from results/tuning.json, written by results/t
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import ml_collections
+
+from htakl_jax import defaults
 
 TUNING = Path(__file__).resolve().parents[1] / "results" / "tuning.json"
 
@@ -48,17 +50,17 @@ def get_config(arg: str = "cifar10") -> ml_collections.ConfigDict:
         raise ValueError(
             f"configs/reduced.py: dataset must be cifar10 or tiny_imagenet, got {arg!r}"
         )
-    config = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
+    config = defaults.get_config()
     if arg == "cifar10":
         config.data.name = "image_folder"
-        config.data.data_dir = "../shared/data/cifar10"
+        config.data.data_dir = "data/cifar10"
         config.data.train_examples = 5000
         config.data.validation_examples = 1000
         config.teacher.epochs = 40
         config.student.epochs = 5
     else:
         config.data.name = "tiny_imagenet"
-        config.data.data_dir = "../shared/data/tiny-imagenet-200"
+        config.data.data_dir = "data/tiny-imagenet-200"
         config.data.eval_split = "val"
         config.data.pad = 8  # 64x64 images: twice CIFAR's 4-pixel shift
         config.teacher.epochs = 8

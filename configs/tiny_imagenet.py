@@ -3,17 +3,15 @@
 Usage: `--config configs/tiny_imagenet.py:ARCH,T` with ARCH in {resnet20, vgg16, sew_resnet18,
 sew_resnet34} and T the student's training timesteps (the paper reports T = 1 and 2), e.g.
 `configs/tiny_imagenet.py:vgg16,2`. Point `--config.data.data_dir` at the `tiny-imagenet-200`
-folder (wnids.txt, train/, val/); the default is the shared offline subset
-`../shared/data/tiny-imagenet-200`.
+folder (wnids.txt, train/, val/); the default is `data/tiny-imagenet-200` (README "Data").
 The evaluation split is the official validation set (the test set has no labels).
 """
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
-
 import ml_collections
+
+from htakl_jax import defaults
 
 _ARCHS = ("resnet20", "vgg16", "sew_resnet18", "sew_resnet34")
 
@@ -31,9 +29,9 @@ def get_config(arg: str = "resnet20,2") -> ml_collections.ConfigDict:
             f"configs/tiny_imagenet.py: T must be a positive integer, got {timesteps!r}"
         )
 
-    config = runpy.run_path(str(Path(__file__).with_name("default.py")))["get_config"]()
+    config = defaults.get_config()
     config.data.name = "tiny_imagenet"
-    config.data.data_dir = "../shared/data/tiny-imagenet-200"
+    config.data.data_dir = "data/tiny-imagenet-200"
     config.data.train_split = "train"
     config.data.eval_split = "val"
     # Same augmentation as CIFAR (pad 4 + crop, flip), the common Tiny ImageNet SNN setting.

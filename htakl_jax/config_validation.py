@@ -2,27 +2,24 @@
 
 `validate(config, mode=..., workdir=..., num_devices=...)` raises one ValueError (or
 FileNotFoundError for missing paths) whose message names the offending key or path. It checks the
-key set and value types against configs/default.py, value ranges, batch divisibility by the device
-count, the dataset folder layout, and, for modes that need them, the teacher/student checkpoints
-and the teacher's class count and architecture.
+key set and value types against `htakl_jax.defaults`, value ranges, batch divisibility by the
+device count, the dataset folder layout, and, for modes that need them, the teacher/student
+checkpoints and the teacher's class count and architecture.
 """
 
 from __future__ import annotations
 
 import os
-import runpy
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from htakl_jax import checkpoint as ckpt_lib
 from htakl_jax import data as data_lib
-from htakl_jax import methods, neurons, runs, surrogate
+from htakl_jax import defaults, methods, neurons, runs, surrogate
 from htakl_jax.models import DTYPES, MODELS, REMAT_MODES
 from htakl_jax.parallel import INIT_MODES
 
-_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.py"
 # Keys whose value may be None (placeholders in the default config), with the type otherwise.
 _NULLABLE = {
     "model.neuron.v_reset": float,
@@ -34,10 +31,8 @@ _NULLABLE = {
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """configs/default.py's get_config() (the reference key set and types)."""
-    if not _DEFAULT_CONFIG.is_file():
-        raise FileNotFoundError(f"default config not found at {_DEFAULT_CONFIG}")
-    return runpy.run_path(str(_DEFAULT_CONFIG))["get_config"]()
+    """`htakl_jax.defaults.get_config()`: the reference key set and types."""
+    return defaults.get_config()
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -67,15 +62,15 @@ def _type_ok(value: Any, reference: Any, nullable: type | None) -> bool:
 
 
 def check_keys_and_types(config: ml_collections.ConfigDict) -> None:
-    """Unknown keys, missing keys and wrong value types, compared with configs/default.py."""
+    """Unknown keys, missing keys and wrong value types, compared with htakl_jax/defaults.py."""
     ref = _flatten(default_config())
     got = _flatten(config)
     unknown = sorted(set(got) - set(ref))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; see configs/default.py for valid keys")
+        raise ValueError(f"unknown config key(s) {unknown}; htakl_jax/defaults.py lists the keys")
     missing = sorted(set(ref) - set(got))
     if missing:
-        raise ValueError(f"missing config key(s) {missing}; start from configs/default.py")
+        raise ValueError(f"missing config key(s) {missing}; start from htakl_jax/defaults.py")
     for key, value in got.items():
         if not _type_ok(value, ref[key], _NULLABLE.get(key)):
             want = (_NULLABLE.get(key) or type(ref[key])).__name__
@@ -249,7 +244,21 @@ def check_data(config: ml_collections.ConfigDict) -> None:
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(
                 f"config.data ({config.data.name}, {key}={split!r}, data_dir={data_dir!r}): {e}"
+                + _data_dir_hint(data_dir)
             ) from e
+
+
+def _data_dir_hint(data_dir: str | None) -> str:
+    """What to set when the data is missing: the key, and where the shipped configs look."""
+    if data_dir is None:
+        return "; set config.data.data_dir, e.g. --config.data.data_dir=/path/to/dataset"
+    if not os.path.isabs(data_dir) and not os.path.exists(data_dir):
+        return (
+            f"; {data_dir!r} is relative to the current directory {os.getcwd()!r} (the shipped "
+            "configs look in data/ of the repository: link or copy the data there, or set "
+            "--config.data.data_dir)"
+        )
+    return ""
 
 
 def check_checkpoints(config: ml_collections.ConfigDict, *, mode: str, workdir: str) -> None:

@@ -1,4 +1,4 @@
-"""Operation counts of the models (SPEC 5).
+"""Operation counts of the models (docs/method.md §5).
 
 :func:`count_macs` derives per-layer multiply-accumulate counts from the model itself: it traces
 ``model.init`` abstractly (``jax.eval_shape``, no arrays are computed) with one image and one

@@ -1,4 +1,4 @@
-"""Feature losses of the paper's comparison methods KDSNN, LaSNN and BKDSNN (BASELINES.md).
+"""Feature losses of the paper's comparison methods KDSNN, LaSNN and BKDSNN (docs/method.md §7).
 
 Pure functions of student and teacher feature maps; the methods that combine them with the logit
 losses, and their trainable parts, are in `htakl_jax.methods`. Shapes: feature maps `[B, H, W, C]`

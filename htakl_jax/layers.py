@@ -1,10 +1,10 @@
 """Building blocks shared by the ANN teachers and SNN students.
 
-Layout convention (SPEC 3): inside a network every activation is *time folded*: an SNN tensor
-``[T, B, H, W, C]`` is stored as ``[T*B, H, W, C]`` (time-major, ``n = t * B + b``), an ANN
-tensor is plain ``[B, H, W, C]``. Convolutions, BatchNorm, pooling and dense layers therefore run
-unchanged on either; only the LIF neuron unfolds to ``[T, B, ...]`` to scan over time (see
-:meth:`LayerFactory.act`).
+Layout convention (docs/method.md §3): inside a network every activation is *time folded*: an
+SNN tensor ``[T, B, H, W, C]`` is stored as ``[T*B, H, W, C]`` (time-major, ``n = t * B + b``),
+an ANN tensor is plain ``[B, H, W, C]``. Convolutions, BatchNorm, pooling and dense layers
+therefore run unchanged on either; only the LIF neuron unfolds to ``[T, B, ...]`` to scan over
+time (see :meth:`LayerFactory.act`).
 
 Because BatchNorm sees the folded batch, it normalises over ``T*B`` samples: this is the
 threshold-dependent BatchNorm (tdBN) of Zheng et al. with ``alpha * V_th = 1``: tdBN normalises

@@ -1,5 +1,5 @@
 """Distillation methods by name (`config.student.method`): the KL family and the paper's
-comparison methods KDSNN, LaSNN and BKDSNN (BASELINES.md, the specification followed here).
+comparison methods KDSNN, LaSNN and BKDSNN (docs/method.md §7).
 
 A `Method` turns the student's per-timestep logits, the teacher's logits and, for the feature
 methods, both networks' stage features (`Network(features=...)`, `layers.stage_features`) into the

@@ -1,7 +1,8 @@
 """Multi-step LIF / IF spiking neurons with SpikingJelly ``LIFNode(step_mode='m')`` semantics.
 
-Per element, over the leading time axis ``t = 0 .. T-1`` (SPEC section 2), with ``v[-1] = v_reset``
-(hard reset) or ``0`` (soft reset, ``v_reset=None``, which also uses 0 inside the charge):
+Per element, over the leading time axis ``t = 0 .. T-1`` (docs/method.md §2), with
+``v[-1] = v_reset`` (hard reset) or ``0`` (soft reset, ``v_reset=None``, which also uses 0 inside
+the charge):
 
 - charge, ``decay_input=True``:  ``h[t] = v[t-1] + (x[t] - (v[t-1] - v_reset)) / tau``
 - charge, ``decay_input=False``: ``h[t] = v[t-1] - (v[t-1] - v_reset) / tau + x[t]``

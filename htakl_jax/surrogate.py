@@ -1,4 +1,4 @@
-"""Surrogate-gradient spike functions (SPEC section 2).
+"""Surrogate-gradient spike functions (docs/method.md §2).
 
 Every factory returns a :class:`Surrogate`: a frozen, hashable dataclass whose ``__call__`` is the
 Heaviside step ``H(x) = 1 if x >= 0 else 0`` (note ``H(0) = 1``, in ``x``'s dtype) and whose

@@ -81,7 +81,7 @@ def test_estimate_energy_by_hand():
 
 
 def lif_reference(current_T: np.ndarray, tau=2.0, v_th=1.0) -> np.ndarray:
-    """float64 loop of the SPEC's hard-reset LIF (v_reset 0, decay_input) over axis 0."""
+    """float64 loop of the hard-reset LIF of docs/method.md (v_reset 0, decay_input) over axis 0."""
     v = np.zeros(current_T.shape[1:])
     out = []
     for x in current_T:

@@ -14,7 +14,7 @@ def conv_macs(hw, c_in, c_out, k=3):
 
 
 def resnet19_reference(classes):
-    """Closed-form MACs of tdBN ResNet-19 at 32x32 (SPEC 3), layer by layer."""
+    """Closed-form MACs of tdBN ResNet-19 at 32x32 (docs/method.md §3), layer by layer."""
     stem = conv_macs(32, 3, 128)
     stage1 = 6 * conv_macs(32, 128, 128)
     stage2 = conv_macs(16, 128, 256) + 5 * conv_macs(16, 256, 256) + conv_macs(16, 128, 256, 1)

@@ -1,4 +1,4 @@
-"""The baselines' losses (htakl_jax.feature_losses, losses.wsld) against BASELINES.md's properties
+"""The baselines' losses (htakl_jax.feature_losses, losses.wsld) against docs/method.md §7
 and NumPy / hand-computed references."""
 
 from __future__ import annotations

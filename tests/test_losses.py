@@ -1,4 +1,4 @@
-"""Tests for htakl_jax.losses against independent float64 NumPy references (SPEC section 4).
+"""Tests for htakl_jax.losses against independent float64 NumPy references (docs/method.md §4).
 
 The references below are written from the spec alone, with explicit per-row loops and an explicit
 stable sort, so that they share no code (and no vectorisation tricks) with the implementation.

@@ -1,8 +1,10 @@
 """Config validation (each error), and the CLI end to end in subprocesses."""
 
+import functools
 import json
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +140,15 @@ def test_dataset_path_missing_or_wrong_layout(tmp_path):
     config.data.data_dir = str(tmp_path / "imgs")
     with pytest.raises((ValueError, FileNotFoundError), match="imgs"):
         _validate(config, tmp_path)
+    # Unset: the error names the key to set.
+    config.data.data_dir = ""
+    with pytest.raises(ValueError, match=r"set config\.data\.data_dir, e\.g\. --config\.data"):
+        _validate(config, tmp_path)
+    # A relative path that is not there: the error says relative to what, and where the
+    # shipped configs look.
+    config.data.data_dir = "data/no-such-dataset"
+    with pytest.raises(FileNotFoundError, match="relative to the current directory.*data/ of"):
+        _validate(config, tmp_path)
     assert not (tmp_path / "work").exists()
 
 
@@ -187,11 +198,32 @@ def _env(cache_dir):
     return env
 
 
-def _cli(workdir, *flags, env, timeout=600):
-    cmd = [sys.executable, "-m", "htakl_jax.main", f"--config={QUICKSTART}", f"--workdir={workdir}"]
+def _cli(workdir, *flags, env, timeout=600, config=QUICKSTART, cwd=ROOT):
+    cmd = [sys.executable, "-m", "htakl_jax.main", f"--config={config}", f"--workdir={workdir}"]
     return subprocess.run(
-        cmd + list(flags), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        cmd + list(flags), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The package as a user gets it: a wheel built from a copy of the source, installed
+    (not editable) into its own folder, plus a copy of the quickstart config outside the
+    repository. Returns (env additions, config path, a working folder outside the repository)."""
+    tmp = tmp_path_factory.mktemp("install")
+    src = tmp / "src"
+    shutil.copytree(
+        ROOT / "htakl_jax", src / "htakl_jax", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
+    run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)])
+    (wheel,) = (tmp / "dist").glob("htakl_jax-*.whl")
+    run(pip + ["install", "--no-deps", "--target", str(tmp / "site"), str(wheel)])
+    shutil.copy(QUICKSTART, tmp / "my_config.py")
+    return {"PYTHONPATH": str(tmp / "site")}, str(tmp / "my_config.py"), tmp
 
 
 TINY = (
@@ -218,9 +250,23 @@ def test_cli_invalid_config_exits_nonzero_and_touches_nothing(tmp_path, cache_di
 
 
 @pytest.mark.slow
-def test_cli_mode_all_end_to_end_then_reuses_teacher(tmp_path, cache_dir):
+def test_cli_mode_all_end_to_end_then_reuses_teacher(tmp_path, cache_dir, installed):
+    # Run as a user of the built wheel: from outside the repository, with the package imported
+    # from the wheel's install folder and the defaults read from inside the package.
+    site_env, config, outside = installed
+    env = _env(cache_dir) | site_env
+    where = subprocess.run(
+        [sys.executable, "-c", "import htakl_jax; print(htakl_jax.__file__)"],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.startswith(site_env["PYTHONPATH"]), where.stdout
+    cli = functools.partial(_cli, config=config, cwd=outside, env=env)
     workdir = tmp_path / "work"
-    r = _cli(workdir, *TINY, env=_env(cache_dir))
+    r = cli(workdir, *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert set(results) >= {"teacher_accuracy", "student_accuracy", "student_timesteps", "config"}
@@ -238,9 +284,7 @@ def test_cli_mode_all_end_to_end_then_reuses_teacher(tmp_path, cache_dir):
     teacher_steps = os.listdir(workdir / "teacher" / ckpt_lib.LATEST_DIR)
 
     # Same workdir, more student epochs: the finished teacher is reused, the student resumes.
-    r = _cli(
-        workdir, *TINY[:-2], "--config.student.epochs=2", "--mode=distill", env=_env(cache_dir)
-    )
+    r = cli(workdir, *TINY[:-2], "--config.student.epochs=2", "--mode=distill")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "student: resumed from step 22" in r.stderr
     assert os.listdir(workdir / "teacher" / ckpt_lib.LATEST_DIR) == teacher_steps

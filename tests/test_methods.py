@@ -1,4 +1,4 @@
-"""The comparison methods KDSNN, LaSNN and BKDSNN (htakl_jax.methods) against BASELINES.md's
+"""The comparison methods KDSNN, LaSNN and BKDSNN (htakl_jax.methods) against docs/method.md §7's
 properties: finite losses and the right gradients, hand values, reduction to CE, trainable parts
 kept out of the student, exact resume."""
 

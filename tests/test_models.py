@@ -6,8 +6,6 @@ Shape and tree tests only trace (jax.eval_shape); real forward passes use one ti
 """
 
 import functools
-import runpy
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -17,7 +15,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from htakl_jax import layers, neurons, parallel
+from htakl_jax import defaults, layers, neurons, parallel
 from htakl_jax.layers import BN_MOMENTUM
 from htakl_jax.models import MODELS, get_model
 
@@ -361,9 +359,7 @@ def test_config_remat_key_drives_the_model():
     from htakl_jax.runs import build_model
     from htakl_jax.steps import step_compiler_options
 
-    config = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "default.py"))[
-        "get_config"
-    ]()
+    config = defaults.get_config()
     assert config.model.remat == "none"
     assert not build_model(config, num_classes=C, spiking=True).remat_blocks
     assert step_compiler_options(config) == parallel.cpu_compiler_options()

@@ -80,7 +80,7 @@ def ref_input_grad(h, gs, gv, *, tau, v_reset, decay_input, detach_reset, sg):
     return gx
 
 
-# Surrogate derivatives written out again in NumPy float64 (SPEC section 2).
+# Surrogate derivatives written out again in NumPy float64 (docs/method.md §2).
 NP_SURROGATE_GRADS = {
     "sigmoid": lambda u: 4.0 / (1 + np.exp(-4.0 * u)) * (1 - 1 / (1 + np.exp(-4.0 * u))),
     "atan": lambda u: 1.0 / (1 + (np.pi / 2 * 2.0 * u) ** 2),

@@ -17,7 +17,7 @@ FACTORIES = {
     "superspike": surrogate.superspike,
 }
 
-# (factory name, alpha, x, expected derivative): hand-computed values of the SPEC formulas.
+# (factory name, alpha, x, expected derivative): hand-computed from docs/method.md §2.
 _SIG4 = 1 / (1 + math.exp(-2.0))  # sig(4 * 0.5)
 HAND_VALUES = [
     ("sigmoid", 4.0, 0.0, 1.0),

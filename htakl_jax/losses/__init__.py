@@ -1,4 +1,4 @@
-"""Knowledge-distillation losses: forward/reverse KL, HTA-KL and the ablations (SPEC section 4).
+"""Knowledge-distillation losses: forward/reverse KL, HTA-KL and the ablations (docs/method.md §4).
 
 Standalone: this package imports only jax and numpy, so other JAX projects can use it without
 Flax, optax or TensorFlow (`from htakl_jax.losses import hta_kl`). The loss family lives in

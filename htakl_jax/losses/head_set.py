@@ -1,4 +1,4 @@
-"""HTA-KL's head set and its weights, exactly, at any vocabulary size (SPEC section 4).
+"""HTA-KL's head set and its weights, exactly, at any vocabulary size (docs/method.md §4).
 
 Teacher classes ranked by probability p (ties: the lower class index ranks first) form a "head",
 the prefix whose cumulative teacher mass stays <= mu plus always the top-1 class, and a "tail",

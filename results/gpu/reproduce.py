@@ -59,7 +59,7 @@ from htakl_jax.analysis import tables
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("hta_kl", "fkl", "ce", "rkl")
-# Paper, ResNet-20 on CIFAR-10 (SPEC section 7): teacher, HTA-KL at T = 2, and KDSNN at T = 2.
+# Paper, ResNet-20 on CIFAR-10 (docs/method.md §6): teacher, HTA-KL at T = 2, and KDSNN at T = 2.
 PAPER = "teacher 95.72%, HTA-KL T = 2 93.38%, KDSNN T = 2 93.05%"
 # Budget priors (see the module docstring): training images/s and compile seconds per phase kind.
 PRIORS = {"teacher": (14_000.0, 40.0), "student": (11_600.0, 50.0)}
