@@ -5,13 +5,18 @@ Sources (the `name` argument):
 - "digits": scikit-learn's bundled 8x8 handwritten digits (offline), as uint8 RGB. Split: within
   each class, in the bundled order, every 5th example (positions 4, 9, 14, ...) is "test", the rest
   "train" (1442 / 355, stratified, no RNG so it never changes across library versions).
-- "cifar10", "cifar100": tensorflow-datasets prepared data read with `builder.as_data_source`
-  (ArrayRecord, no TensorFlow needed). Preparing/downloading needs TensorFlow and internet; when the
-  data is not prepared the error says how to get it.
-- "cifar10_pickle", "cifar100_pickle": the official python pickle folders `cifar-10-batches-py`
-  (data_batch_1..5, test_batch, batches.meta) and `cifar-100-python` (train, test, meta; fine
-  labels).
-  Pickle files execute code when loaded: only load copies you trust.
+- "cifar10", "cifar100": tensorflow-datasets prepared data (`htakl_jax.data.tfds_source`), in
+  `data_dir`, else `$TFDS_DATA_DIR`, else ~/tensorflow_datasets. ArrayRecord data (`tfds build NAME
+  --file_format=array_record`) is read without TensorFlow; TFRecord data (the default of
+  `tfds.load` / `tfds build`) is read through tf.data where TensorFlow is installed (without it the
+  error says what to install or how to rebuild). `download=True` prepares missing data (TensorFlow
+  and internet needed); otherwise the error says how to get it.
+- "cifar10_pickle", "cifar100_pickle": the official python pickles (`htakl_jax.data.cifar_pickle`):
+  the unpacked folder `cifar-10-batches-py` (data_batch_1..5, test_batch, batches.meta) /
+  `cifar-100-python` (train, test, meta; fine labels) or its parent, or the downloaded archive
+  `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` as it is (or a folder holding it), read
+  without unpacking. Every pickle goes through a restricted unpickler (`SafeUnpickler`) that
+  refuses anything but dicts, lists, bytes, str, ints and NumPy arrays.
 - "image_folder": `root/<split>/<class>/*.{jpg,jpeg,png,bmp}`; classes are the sorted class folders
   of `root/train` (or of `root/<split>` when there is no train folder), so every split shares one
   label order. `data_dir` may also be the packed file of such a folder (`python -m
@@ -35,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import pickle
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +49,9 @@ from typing import Any
 import numpy as np
 
 from htakl_jax.data import cache as cache_lib
+from htakl_jax.data import cifar_pickle, tfds_source
 from htakl_jax.data import packed as packed_lib
+from htakl_jax.data.cifar_pickle import SafeUnpickler as SafeUnpickler  # re-export (was here)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -194,6 +200,14 @@ class _Source:
             )
         return split
 
+    def prepare(self, root: Path | None, *, dry_run: bool = False) -> bool:
+        """download=True: fetch and prepare missing data; returns whether it was missing
+        (dry_run: only check that it could be fetched). Only the tfds sources can."""
+        raise ValueError(
+            f"source {self.name!r} cannot download its data; download=True is for the "
+            "tensorflow-datasets sources (cifar10, cifar100)"
+        )
+
     def check(self, root: Path | None, split: str) -> None:
         """Raise if the layout for `split` is wrong, without decoding anything."""
 
@@ -234,96 +248,27 @@ class _Digits(_Source):
 
 
 class _CifarPickle(_Source):
-    def __init__(self, name: str, folder: str, files: dict[str, list[str]], meta_file: str,
-                 label_key: bytes, names_key: bytes):  # fmt: skip
-        self.name = name
-        self.folder = folder
-        self.files = files
-        self.meta_file = meta_file
-        self.label_key = label_key
-        self.names_key = names_key
+    """The official CIFAR python pickles (see `htakl_jax.data.cifar_pickle`): the unpacked
+    folder, its parent, the .tar.gz archive, or a folder holding the archive."""
+
+    def __init__(self, pickles: cifar_pickle.CifarPickles):
+        self.pickles = pickles
+        self.name = pickles.name
 
     def resolve(self, data_dir):
-        root = super().resolve(data_dir)
-        if not (root / self.meta_file).exists() and (root / self.folder).is_dir():
-            root = root / self.folder  # accept the parent of the extracted folder too
-        return root
+        path = None if data_dir is None else Path(data_dir).expanduser()
+        if path is not None and path.is_file():
+            return self.pickles.archive_root(path)
+        return self.pickles.find_root(super().resolve(data_dir))
 
     def check(self, root, split):
-        for f in [self.meta_file, *self.files[split]]:
-            if not (root / f).is_file():
-                raise FileNotFoundError(
-                    f"{self.name}: {root / f} not found; data_dir must be the extracted "
-                    f"{self.folder} folder (files: {self.meta_file}, "
-                    f"{', '.join(sum(self.files.values(), []))})"
-                )
-
-    def _unpickle(self, path: Path) -> dict:
-        try:
-            with open(path, "rb") as f:
-                d = SafeUnpickler(f, encoding="bytes").load()
-        except Exception as e:  # pickle raises many types on a bad file
-            raise ValueError(f"{self.name}: cannot unpickle {path}: {e}") from e
-        if not isinstance(d, dict):
-            raise ValueError(f"{self.name}: {path} does not hold a dict (got {type(d).__name__})")
-        return d
+        self.pickles.check(root, split)
 
     def class_names(self, root, split):
-        path = root / self.meta_file
-        meta = self._unpickle(path)
-        if self.names_key not in meta:
-            raise ValueError(f"{self.name}: {path} has no key {self.names_key!r}")
-        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[self.names_key])
+        return self.pickles.class_names(root)
 
     def decode(self, root, split, *, skip_corrupt, num_workers):
-        images, labels = [], []
-        for f in self.files[split]:
-            path = root / f
-            d = self._unpickle(path)
-            for key in (b"data", self.label_key):
-                if key not in d:
-                    raise ValueError(f"{self.name}: {path} has no key {key!r}")
-            data = np.asarray(d[b"data"])
-            lab = np.asarray(d[self.label_key], dtype=np.int64)
-            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != lab.shape[0]:
-                raise ValueError(
-                    f"{self.name}: {path} has data of shape {data.shape} and {lab.shape[0]} "
-                    "labels; expected [N, 3072] (R, G, B planes of 32x32) with N labels"
-                )
-            # Rows are channel-major planes: [N, 3, 32, 32] -> NHWC.
-            images.append(data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels.append(lab)
-        return _Decoded(
-            np.ascontiguousarray(np.concatenate(images)),
-            np.concatenate(labels).astype(np.int32),
-        )
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles only what the official CIFAR python files hold: dicts, lists, bytes, str, ints
-    and NumPy arrays. Any other global (a function or class a crafted file would call, e.g.
-    os.system) raises pickle.UnpicklingError naming it, before anything is called."""
-
-    # Built-in containers and scalars need no global; NumPy arrays need these (numpy 1 and 2
-    # module names; protocol 5 rebuilds arrays with _frombuffer), and Python 3 protocol-2
-    # pickles rebuild bytes with _codecs.encode. Each only builds an array or bytes.
-    ALLOWED = frozenset(
-        (f"numpy.{core}.{module}", name)
-        for core in ("core", "_core")
-        for module, name in (
-            ("multiarray", "_reconstruct"),
-            ("multiarray", "scalar"),
-            ("numeric", "_frombuffer"),
-        )
-    ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name}: CIFAR pickles may hold only dicts, "
-                "lists, bytes, str, ints and NumPy arrays"
-            )
-        return super().find_class(module, name)
+        return _Decoded(*self.pickles.read_split(root, split))
 
 
 def _folder_classes(root: Path, split: str) -> tuple[str, ...]:
@@ -513,116 +458,58 @@ class _TinyImageNet(_Source):
 
 
 class _Tfds(_Source):
+    """tensorflow-datasets prepared data (see `htakl_jax.data.tfds_source`)."""
+
     cacheable = True
     needs_data_dir = False
     splits = None  # tfds split syntax, e.g. "train", "test", "train[:90%]"
 
-    def __init__(self, name: str, tfds_name: str, stats, pickle_source: str, url: str):
-        self.name = name
-        self.tfds_name = tfds_name
+    def __init__(self, dataset: tfds_source.TfdsDataset, stats):
+        self.dataset = dataset
+        self.name = dataset.source
         self.constant_stats = stats
-        self.pickle_source = pickle_source
-        self.url = url
 
     def resolve(self, data_dir):
-        return None if data_dir is None else Path(data_dir).expanduser()
+        return tfds_source.resolve_data_dir(data_dir)
 
-    def builder(self, root: Path | None):
-        import tensorflow_datasets as tfds  # lazy: heavy import, only this source needs it
-
-        return tfds.builder(self.tfds_name, data_dir=None if root is None else str(root))
-
-    def _prepared_builder(self, root: Path | None):
-        from tensorflow_datasets.core import file_adapters
-
-        builder = self.builder(root)
-        n = self.tfds_name
-        if not builder.is_prepared():
-            raise FileNotFoundError(
-                f"{self.name}: tensorflow-datasets data for {n!r} is not prepared at "
-                f"{builder.data_path}. It is read here without TensorFlow, but downloading and "
-                "preparing it needs TensorFlow and internet. Either (1) on a machine with both run "
-                f"`pip install tensorflow tensorflow-datasets && tfds build {n} "
-                f"--file_format=array_record`, then copy ~/tensorflow_datasets/{n} to "
-                f"{Path(builder.data_dir_root) / n} (data_dir is the folder holding {n}/); or (2) "
-                f"download {self.url}, extract it and use source {self.pickle_source!r} with "
-                "data_dir pointing at the extracted folder; or (3) use source 'image_folder' "
-                "with data_dir/<split>/<class>/*.png."
-            )
-        fmt = builder.info.file_format
-        random_access = (file_adapters.FileFormat.ARRAY_RECORD, file_adapters.FileFormat.PARQUET)
-        if fmt not in random_access:
-            raise ValueError(
-                f"{self.name}: {builder.data_path} was prepared as {fmt}, which cannot be read "
-                f"without TensorFlow; rebuild it with `tfds build {n} --file_format=array_record` "
-                "(on a machine with TensorFlow) and copy it here"
-            )
-        return builder
+    def prepare(self, root, *, dry_run=False):
+        return self.dataset.prepare(root, dry_run=dry_run)
 
     def check(self, root, split):
-        self._prepared_builder(root)
+        self.dataset.prepared_builder(root)
 
     def fingerprint_paths(self, root, split):
-        return [Path(self._prepared_builder(root).data_path)]
+        return [Path(self.dataset.prepared_builder(root).data_path)]
 
     def class_names(self, root, split):
-        return tuple(self._prepared_builder(root).info.features["label"].names)
+        return self.dataset.class_names(root)
 
     def decode(self, root, split, *, skip_corrupt, num_workers):
-        source = self._prepared_builder(root).as_data_source(split=split)
-        n = len(source)
-        if n == 0:
-            raise ValueError(f"{self.name}: split {split!r} is empty")
-        first = np.asarray(source[0]["image"])
-        images = np.empty((n, *first.shape[:2], 3), dtype=np.uint8)
-        labels = np.empty((n,), dtype=np.int32)
-        for i in range(n):
-            example = source[i]
-            img = np.asarray(example["image"], dtype=np.uint8)
-            images[i] = np.broadcast_to(img, images.shape[1:])  # [H, W, 1] grayscale -> RGB
-            labels[i] = int(example["label"])
-        return _Decoded(images, labels)
+        return _Decoded(*self.dataset.read_split(root, split))
 
 
-_CIFAR10_PICKLE = _CifarPickle(
-    "cifar10_pickle",
-    "cifar-10-batches-py",
-    {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
-    "batches.meta",
-    b"labels",
-    b"label_names",
-)
-_CIFAR100_PICKLE = _CifarPickle(
-    "cifar100_pickle",
-    "cifar-100-python",
-    {"train": ["train"], "test": ["test"]},
-    "meta",
-    b"fine_labels",
-    b"fine_label_names",
-)
 _CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 _CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz"
 
 SOURCES: dict[str, _Source] = {
     s.name: s
     for s in (
         _Digits(),
         _Tfds(
-            "cifar10",
-            "cifar10",
+            tfds_source.TfdsDataset(
+                "cifar10", "cifar10", "cifar10_pickle", f"{_CIFAR_URL}/cifar-10-python.tar.gz"
+            ),
             _CIFAR10_STATS,
-            "cifar10_pickle",
-            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         ),
         _Tfds(
-            "cifar100",
-            "cifar100",
+            tfds_source.TfdsDataset(
+                "cifar100", "cifar100", "cifar100_pickle", f"{_CIFAR_URL}/cifar-100-python.tar.gz"
+            ),
             _CIFAR100_STATS,
-            "cifar100_pickle",
-            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         ),
-        _CIFAR10_PICKLE,
-        _CIFAR100_PICKLE,
+        _CifarPickle(cifar_pickle.CIFAR10),
+        _CifarPickle(cifar_pickle.CIFAR100),
         _ImageFolder(),
         _TinyImageNet(),
     )
@@ -657,14 +544,20 @@ def channel_stats(images_NHWC: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
 # --------------------------------------------------------------------------- entry points
 
 
-def check_split(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> None:
+def check_split(
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None, download: bool = False
+) -> None:
     """Validate source name, split name and folder layout without decoding any image.
 
     Raises the same ValueError/FileNotFoundError that `load_split` would (cheap: for config checks).
+    With download=True, missing tfds data passes when it could be downloaded (nothing is fetched).
     """
     src = _get_source(name)
     root = src.resolve(data_dir)
-    src.check(root, src.canonical_split(split))
+    split = src.canonical_split(split)
+    if download and src.prepare(root, dry_run=True):
+        return  # nothing on disk to check until load_split has downloaded it
+    src.check(root, split)
 
 
 def load_split(
@@ -676,6 +569,7 @@ def load_split(
     use_cache: bool = True,
     skip_corrupt: bool = False,
     num_workers: int | None = None,
+    download: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, DatasetInfo]:
     """Load one split of a dataset source.
 
@@ -683,15 +577,21 @@ def load_split(
       name: a key of `SOURCES` (see the module docstring).
       split: "train" / "test" (tiny_imagenet: "train" / "val"; image_folder: any split folder;
         tfds sources: tfds split syntax).
-      data_dir: the dataset folder (tfds: its data_dir, default ~/tensorflow_datasets).
+      data_dir: the dataset folder (cifar*_pickle: or the official .tar.gz; tfds: its data_dir,
+        default $TFDS_DATA_DIR, else ~/tensorflow_datasets).
       cache_dir: where decoded arrays are cached (default `$HTAKL_JAX_CACHE_DIR` or
         ~/.cache/htakl_jax). use_cache=False decodes every time and writes nothing.
       skip_corrupt: warn about and leave out unreadable image files instead of raising.
       num_workers: decoding threads (default min(8, cpus)).
+      download: tfds sources only: download and prepare the data first when it is missing
+        (needs TensorFlow and internet).
 
     Returns:
       images uint8 [N, H, W, 3], labels int32 [N] in [0, num_classes), DatasetInfo.
     """
+    if download:
+        src = _get_source(name)
+        src.prepare(src.resolve(data_dir))
     images, labels, info = _load(
         name,
         split,
