@@ -240,7 +240,9 @@ def check_data(config: ml_collections.ConfigDict) -> None:
     for key in ("train_split", "eval_split"):
         split = config.data[key]
         try:
-            data_lib.check_split(config.data.name, split, data_dir=data_dir)
+            data_lib.check_split(
+                config.data.name, split, data_dir=data_dir, download=config.data.download
+            )
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(
                 f"config.data ({config.data.name}, {key}={split!r}, data_dir={data_dir!r}): {e}"

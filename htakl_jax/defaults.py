@@ -55,6 +55,8 @@ def _data() -> ml_collections.ConfigDict:
     d.name = "cifar10"
     # Root of the source ('' = the source's default, e.g. ~/tensorflow_datasets for tfds).
     d.data_dir = ""
+    # tfds sources only: prepare missing data with tfds (needs TensorFlow and a network).
+    d.download = False
     # Where decoded arrays are cached ('' = ~/.cache/htakl_jax).
     d.cache_dir = ""
     d.train_split = "train"

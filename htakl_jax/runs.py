@@ -8,7 +8,9 @@ Nothing here trains; `htakl_jax.train` (the loop) and `htakl_jax.analysis` both 
 Workdir layout:
   WORKDIR/config.json                the config the run was started with
   WORKDIR/teacher/, WORKDIR/student/ phase directories (checkpoints, see htakl_jax.checkpoint,
-                                     and metrics.jsonl, one JSON object per epoch)
+                                     metrics.jsonl, one JSON object per epoch, and the same
+                                     scalars in TensorBoard event files events.out.tfevents.*,
+                                     see htakl_jax.metrics)
   WORKDIR/results.json               the evaluation (teacher accuracy, student accuracy per T)
 The teacher lives elsewhere when config.student.teacher_checkpoint names its phase directory.
 """
@@ -129,7 +131,7 @@ def load_data(
     train_examples, key = d.train_examples, "train_examples"
     if phase == "teacher" and d.teacher_train_examples is not None:
         train_examples, key = d.teacher_train_examples, "teacher_train_examples"
-    kwargs = dict(data_dir=d.data_dir or None, cache_dir=d.cache_dir or None)
+    kwargs = dict(data_dir=d.data_dir or None, cache_dir=d.cache_dir or None, download=d.download)
     tr_images, tr_labels, info = data_lib.load_split(d.name, d.train_split, **kwargs)
     try:
         train_idx, val_idx = data_lib.balanced_split(

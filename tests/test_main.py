@@ -149,6 +149,11 @@ def test_dataset_path_missing_or_wrong_layout(tmp_path):
     config.data.data_dir = "data/no-such-dataset"
     with pytest.raises(FileNotFoundError, match="relative to the current directory.*data/ of"):
         _validate(config, tmp_path)
+    # Only the tfds sources can download.
+    config = _config()
+    config.data.download = True
+    with pytest.raises(ValueError, match="cannot download"):
+        _validate(config, tmp_path)
     assert not (tmp_path / "work").exists()
 
 
