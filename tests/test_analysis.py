@@ -8,11 +8,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from htakl_jax import runs
-from htakl_jax.analysis import ablation, endpoints, plots, stats, tables, tsne
+from htakl_jax.analysis import ablation, endpoints, plots, report, stats, tables, tsne
 from htakl_jax.analysis.firing import spike_stats
 from htakl_jax.energy import LayerMACs, energy_mj, estimate_energy
 from htakl_jax.layers import global_avg_pool, repeat_over_time
@@ -317,6 +318,34 @@ def test_figures_are_written(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
     with pytest.raises(ValueError, match="rows"):
         tsne.plot_tsne({"t": feats}, labels[:4])
+
+
+def test_training_curves_of_teacher_and_student(tmp_path):
+    config = ml_collections.ConfigDict({"student": {"teacher_checkpoint": ""}})
+    teacher = [
+        {"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.3, "eval_accuracy": None},
+        {"epoch": 2, "train_loss": 1.0, "train_accuracy": 0.6, "eval_accuracy": 0.55},
+    ]
+    student = [{"epoch": 1, "train_loss": 3.0, "train_accuracy": 0.2, "eval_accuracy": 0.25}]
+    for phase, records in (("teacher", teacher), ("student", student)):
+        (tmp_path / phase).mkdir()
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        (tmp_path / phase / "metrics.jsonl").write_text(lines)
+    assert report.training_records(config, str(tmp_path)) == {
+        "teacher": teacher,
+        "student": student,
+    }
+    path = report.write_training_curves(config, str(tmp_path), str(tmp_path / "analysis"))
+    assert path == str(tmp_path / "analysis" / report.CURVES_FILE)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    fig = plots.plot_training_curves({"teacher": teacher, "student": student})
+    ax_loss, ax_acc = fig.axes
+    assert [line.get_label() for line in ax_loss.get_lines()] == ["teacher", "student"]
+    acc_labels = [line.get_label() for line in ax_acc.get_lines()]
+    assert acc_labels == ["teacher train", "teacher eval", "student train", "student eval"]
+    np.testing.assert_allclose(ax_acc.get_lines()[1].get_xydata(), [[2, 55.0]])
+    assert report.write_training_curves(config, str(tmp_path / "none"), str(tmp_path)) is None
 
 
 def test_paired_stats_hand_computed_t_interval():

@@ -13,7 +13,8 @@ import optax
 import pytest
 
 from htakl_jax import checkpoint as ckpt_lib
-from htakl_jax import data, parallel, runs, steps, train
+from htakl_jax import data, defaults, parallel, runs, steps, train
+from tests.test_metrics import assert_events_match_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, BATCH = 64, 16  # 4 steps per epoch, 4 examples per device
@@ -86,6 +87,9 @@ def test_resume_equals_uninterrupted_bitwise(setup, uninterrupted, tmp_path, sto
     assert meta_a["eval_accuracy"] == meta_b["eval_accuracy"]
     # The interrupted run still logged its final epoch with the same eval accuracy.
     assert _metrics(tmp_path)[-1]["eval_accuracy"] == _metrics(straight_dir)[-1]["eval_accuracy"]
+    # The resumed run's TensorBoard scalars: each epoch once, as in its metrics.jsonl.
+    events = assert_events_match_metrics(tmp_path / "teacher")
+    assert [step for step, _ in events["train/loss"]] == [4, 8]
 
 
 def test_metrics_and_checkpoints_of_a_finished_phase(uninterrupted):
@@ -99,6 +103,13 @@ def test_metrics_and_checkpoints_of_a_finished_phase(uninterrupted):
     _, best_meta = ckpt_lib.read_meta(os.path.join(workdir, "teacher"))
     assert best_meta["eval_accuracy"] == meta["best_accuracy"]
     assert best_meta["model"]["num_classes"] == 10 and best_meta["model"]["spiking"] is False
+
+
+def test_tensorboard_events_of_a_finished_phase(uninterrupted):
+    workdir, _ = uninterrupted
+    events = assert_events_match_metrics(workdir / "teacher")
+    for tag in ("train/loss", "train/accuracy", "eval/accuracy", "lr", "perf/images_per_s"):
+        assert [step for step, _ in events[tag]] == [4, 8], tag
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path, monkeypatch):
@@ -158,7 +169,7 @@ def test_train_phase_rejects_bad_arguments(setup, tmp_path):
 
 
 def test_optimizer_decays_only_kernels_and_follows_cosine():
-    cfg = runpy.run_path(str(ROOT / "configs" / "default.py"))["get_config"]().teacher
+    cfg = defaults.get_config().teacher
     cfg.lr, cfg.weight_decay, cfg.epochs, cfg.momentum = 0.5, 0.1, 2, 0.9
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no optax warning about a 0-step warmup

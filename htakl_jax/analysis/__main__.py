@@ -1,7 +1,7 @@
 """Analysis of a trained workdir: ``python -m htakl_jax.analysis --workdir DIR``.
 
-Writes DIR/analysis/ (firing rates, energy table, per-layer counts, t-SNE); see
-:mod:`htakl_jax.analysis.report`.
+Writes DIR/analysis/ (firing rates, energy table, per-layer counts, t-SNE, loss and accuracy per
+epoch of teacher and student); see :mod:`htakl_jax.analysis.report`.
 """
 
 from __future__ import annotations

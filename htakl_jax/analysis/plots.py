@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["new_figure", "plot_accuracy_vs_timesteps", "plot_firing_rates", "save"]
+__all__ = [
+    "new_figure",
+    "plot_accuracy_vs_timesteps",
+    "plot_firing_rates",
+    "plot_training_curves",
+    "save",
+]
 
 
 def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
@@ -74,4 +81,39 @@ def plot_accuracy_vs_timesteps(
     ax.set_xlabel("timesteps T")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_training_curves(
+    records_by_phase: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Training loss (left) and accuracy (%, right) per epoch, one colour per phase, from the
+    phases' metrics.jsonl records: train accuracy solid, eval accuracy dashed with a marker at
+    each evaluated epoch. An epoch recorded twice keeps its last record."""
+    if not any(records_by_phase.values()):
+        raise ValueError("records_by_phase holds no records")
+    fig = new_figure(10.0, 4.0)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for i, (name, records) in enumerate(records_by_phase.items()):
+        by_epoch = {r["epoch"]: r for r in records}
+        epochs = sorted(by_epoch)
+        rows = [by_epoch[e] for e in epochs]
+        color = f"C{i}"
+        ax_loss.plot(epochs, [r.get("train_loss", np.nan) for r in rows], color=color, label=name)
+        train_acc = [100 * r.get("train_accuracy", np.nan) for r in rows]
+        ax_acc.plot(epochs, train_acc, color=color, label=f"{name} train")
+        evals = [
+            (e, 100 * r["eval_accuracy"])
+            for e, r in zip(epochs, rows, strict=True)
+            if r.get("eval_accuracy") is not None
+        ]
+        if evals:
+            x, y = zip(*evals, strict=True)
+            ax_acc.plot(x, y, color=color, ls="--", marker="o", label=f"{name} eval")
+    ax_loss.set_ylabel("training loss (the phase's objective)")
+    ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
     return save(fig, path)

@@ -12,7 +12,9 @@
 - ``energy.md`` (Table III layout), ``energy_layers.csv`` (per-layer counts), ``firing_rates.csv``;
 - ``accuracy.md`` (student accuracy at each evaluated T, teacher accuracy), with results.json;
 - ``tsne_features.npz`` (labels, teacher and student penultimate features of the t-SNE examples);
-- with ``plots``: ``firing_rates.png`` and ``tsne.png`` (teacher vs student features).
+- with ``plots``: ``firing_rates.png``, ``tsne.png`` (teacher vs student features) and
+  ``training_curves.png`` (loss and accuracy per epoch of teacher and student, from their
+  metrics.jsonl; `write_training_curves`).
 
 Analysis runs on one device of this process (it is a few forward passes).
 """
@@ -27,11 +29,12 @@ from typing import Any
 import numpy as np
 
 from htakl_jax import data as data_lib
+from htakl_jax import metrics as metrics_lib
 from htakl_jax import runs
 from htakl_jax.analysis import tables
 from htakl_jax.analysis.endpoints import endpoints_from_logits, model_logits
 from htakl_jax.analysis.firing import SpikeStats, rates_table, spike_stats
-from htakl_jax.analysis.plots import plot_firing_rates
+from htakl_jax.analysis.plots import plot_firing_rates, plot_training_curves
 from htakl_jax.analysis.tsne import penultimate_features, plot_tsne
 from htakl_jax.energy import E_AC_PJ, E_MAC_PJ, EnergyEstimate, count_macs, estimate_energy
 
@@ -43,12 +46,15 @@ __all__ = [
     "energy_summary",
     "run_endpoints",
     "eval_subset",
+    "training_records",
     "write_analysis",
+    "write_training_curves",
 ]
 
 ANALYSIS_DIR = "analysis"
 SUMMARY_FILE = "analysis.json"
 FEATURES_FILE = "tsne_features.npz"
+CURVES_FILE = "training_curves.png"
 
 
 @dataclasses.dataclass
@@ -241,6 +247,32 @@ def write_analysis(
         )
 
 
+def training_records(config: Any, workdir: str) -> dict[str, list[dict[str, Any]]]:
+    """The metrics.jsonl records of the run's teacher (`runs.teacher_dir`: maybe another
+    workdir's) and student phases; a phase without the file is left out."""
+    dirs = {
+        "teacher": runs.teacher_dir(config, workdir),
+        "student": runs.phase_dir(workdir, "student"),
+    }
+    out = {}
+    for phase, directory in dirs.items():
+        path = os.path.join(directory, metrics_lib.METRICS_FILE)
+        if os.path.isfile(path):
+            out[phase] = metrics_lib.read_metrics(path)
+    return out
+
+
+def write_training_curves(config: Any, workdir: str, out_dir: str) -> str | None:
+    """Plots `training_records` into ``out_dir``/training_curves.png; returns its path, or None
+    when no phase has records."""
+    records = {k: v for k, v in training_records(config, workdir).items() if v}
+    if not records:
+        return None
+    path = os.path.join(out_dir, CURVES_FILE)
+    plot_training_curves(records, path)
+    return path
+
+
 def analyze_workdir(
     workdir: str,
     out_dir: str | None = None,
@@ -255,10 +287,8 @@ def analyze_workdir(
     ``eval_data`` as in `runs.load_trained`."""
     run = runs.load_trained(workdir, eval_data=eval_data)
     analysis = analyze(run, **options)
-    write_analysis(
-        analysis,
-        out_dir or os.path.join(workdir, ANALYSIS_DIR),
-        plots=plots,
-        tsne_perplexity=tsne_perplexity,
-    )
+    out_dir = out_dir or os.path.join(workdir, ANALYSIS_DIR)
+    write_analysis(analysis, out_dir, plots=plots, tsne_perplexity=tsne_perplexity)
+    if plots:
+        write_training_curves(run.config, workdir, out_dir)
     return analysis.summary
