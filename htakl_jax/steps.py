@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import flax
 import flax.linen as nn
 import jax
@@ -142,6 +143,14 @@ def preprocess(
     return data_lib.normalize(augmented, mean, std)
 
 
+def check_batch(images_BHWC: jax.Array, labels_B: jax.Array, *rest_B: jax.Array) -> None:
+    """At trace time: uint8 images [B, H, W, 3] and labels (and masks) [B] of one batch size, so
+    a wrong batch fails with the shapes named instead of deep inside the model."""
+    chex.assert_rank(images_BHWC, 4)
+    chex.assert_type(images_BHWC, jnp.uint8)
+    chex.assert_shape([labels_B, *rest_B], (images_BHWC.shape[0],))
+
+
 def _accuracy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
     return jnp.mean((jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32))
 
@@ -176,6 +185,7 @@ def teacher_step(
     augment: Callable[..., jax.Array],
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step of the ANN on label cross-entropy. images uint8 [B, H, W, 3], labels [B]."""
+    check_batch(images_BHWC, labels_B)
     x = augment(images_BHWC, step=state.step)
 
     def loss_fn(params):
@@ -228,6 +238,7 @@ def distill_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step of the SNN on `method`'s loss (`methods.Method`) against the frozen teacher
     (eval-mode BN). Student logits are [T, B, C]; accuracy uses their mean over T."""
+    check_batch(images_BHWC, labels_B)
     x = augment(images_BHWC, step=state.step)
     teacher_logits_BC, teacher_feats = _teacher_outputs(teacher, teacher_variables, x, method)
     keys = _example_keys(seed, state.step, x.shape[0]) if method.uses_keys else None
@@ -241,6 +252,8 @@ def distill_step(
             features=method.tap_kind,
             mutable=mutable,
         )
+        if teacher_logits_BC is not None:  # [T, B, C] against the teacher's [B, C]
+            chex.assert_shape(logits_TBC, (None, *teacher_logits_BC.shape))
         student_feats = layers.stage_features(new_vars[FEATURES]) if method.tap_kind else ()
         inputs = methods.Inputs(
             logits_TBC, teacher_logits_BC, labels_B, student_feats, teacher_feats, keys
@@ -271,6 +284,7 @@ def eval_step(
 
     For a student, `timesteps` overrides its T at apply time (same parameters).
     """
+    check_batch(images_BHWC, labels_B, mask_B)
     kwargs = {} if timesteps is None else {"timesteps": timesteps}
     logits = model.apply(variables, normalize(images_BHWC), train=False, **kwargs)
     if logits.ndim == 3:

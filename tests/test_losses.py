@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -487,8 +488,7 @@ def test_row_blocks_match_one_block_and_reference():
     one = run(None)
     blocked = run(2)  # 12 blocks of 2 rows
     # Equal up to float32 summation order (the temperature gradient sums over blocks).
-    for a, b in zip(jax.tree.leaves(blocked), jax.tree.leaves(one), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    chex.assert_trees_all_close(blocked, one, rtol=1e-5, atol=1e-9)
     kl = blocked[0]
     w_head, w_tail = ref_weights_exact(s[where], t[where], 2.0, 0.5)
     expected = w_head * ref_fkl(s[where], t[where], 2.0) + w_tail * ref_rkl(s[where], t[where], 2.0)

@@ -7,6 +7,7 @@ Shape and tree tests only trace (jax.eval_shape); real forward passes use one ti
 
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -410,8 +411,7 @@ def test_block_remat_equals_plain_model_and_gradient_reaches_every_parameter(nam
     assert jax.tree.structure(s_block) == jax.tree.structure(s_plain)
     jax.tree.map(close, s_block["batch_stats"], s_plain["batch_stats"])
     # the forward is the same computation, so every LIF fires the same spikes
-    counts = jax.tree.map(np.asarray, s_plain["intermediates"])
-    jax.tree.map(np.testing.assert_array_equal, s_block["intermediates"], counts)
+    chex.assert_trees_all_equal(s_block["intermediates"], s_plain["intermediates"])
 
 
 # ---- stage taps (the features of the feature-distillation methods) ----------------------------
@@ -466,7 +466,7 @@ def test_student_tap_kinds():
     ann = tiny("resnet20", False)
     ann_vars = ann.init(jax.random.key(0), x, train=False)
     a, b = _taps(ann, ann_vars, x, "rate")[1], _taps(ann, ann_vars, x, "membrane")[1]
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_membrane_tap_equals_a_float64_loop():

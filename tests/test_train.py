@@ -168,6 +168,17 @@ def test_train_phase_rejects_bad_arguments(setup, tmp_path):
     assert not os.path.exists(tmp_path / "teacher")
 
 
+def test_a_wrong_batch_fails_at_trace_time_with_its_shapes():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    steps.check_batch(images, np.zeros(4, np.int32), np.ones(4, bool))
+    with pytest.raises(AssertionError, match=r"shape \(3,\) but expected \(4\)"):
+        steps.check_batch(images, np.zeros(3, np.int32))
+    with pytest.raises(AssertionError, match="rank"):
+        steps.check_batch(images[0], np.zeros(8, np.int32))
+    with pytest.raises(AssertionError, match="uint8"):
+        steps.check_batch(images.astype(np.float32), np.zeros(4, np.int32))
+
+
 def test_optimizer_decays_only_kernels_and_follows_cosine():
     cfg = defaults.get_config().teacher
     cfg.lr, cfg.weight_decay, cfg.epochs, cfg.momentum = 0.5, 0.1, 2, 0.9
