@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint = _checkpoint()
     # Console progress every this many steps (loss is also checked for NaN/Inf at that point).
     c.log_every_steps = 50
+    # JAX's persistent compilation cache: '' = $HTAKL_JAX_COMPILATION_CACHE, else
+    # $JAX_COMPILATION_CACHE_DIR, else ~/.cache/htakl_jax/jax; a folder; or 'off'
+    # (htakl_jax.compilation).
+    c.compilation_cache = ""
 
     c.distributed = _distributed()
 

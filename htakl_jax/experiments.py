@@ -31,7 +31,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htakl_jax import checkpoint, config_validation, methods, runs, train
+from htakl_jax import checkpoint, compilation, config_validation, methods, runs, train
 from htakl_jax.analysis import grid as grid_lib
 from htakl_jax.analysis import report
 
@@ -282,6 +282,7 @@ def main(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    compilation.enable_compilation_cache(cfg.base.compilation_cache)
     results = run_grid(cfg, workdir, stage=FLAGS.stage)
     if results is not None:
         with open(os.path.join(workdir, "table1.md")) as f:

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htakl_jax import checkpoint, config_validation, parallel, runs, train
+from htakl_jax import checkpoint, compilation, config_validation, parallel, runs, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -59,11 +59,12 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_INVALID)
     logging.info(
-        "JAX %s: process %d/%d, devices %s",
+        "JAX %s: process %d/%d, devices %s; compilation cache %s",
         jax.__version__,
         jax.process_index(),
         jax.process_count(),
         jax.devices(),
+        compilation.enable_compilation_cache(config.compilation_cache) or "off",
     )
     try:
         results = train.train_and_evaluate(config, workdir, mode=mode)

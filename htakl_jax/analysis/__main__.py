@@ -10,6 +10,7 @@ from absl import app, flags
 
 from htakl_jax.analysis import report, tables
 from htakl_jax.checkpoint import quiet_orbax_logging
+from htakl_jax.compilation import enable_compilation_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (holds config.json, teacher/, student/).")
@@ -27,6 +28,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_orbax_logging()
+    enable_compilation_cache()
     summary = report.analyze_workdir(
         FLAGS.workdir,
         FLAGS.out_dir,
