@@ -65,8 +65,25 @@ def test_analysis_notebook_runs_on_the_quickstart_workdir(quickstart):
         mp.setenv("XLA_FLAGS", "")
         nb = execute("analysis.ipynb")
     out = workdir / "analysis"
-    for name in ("analysis.json", "energy.md", "firing_rates.png", "tsne.png", "accuracy.md"):
+    for name in (
+        "analysis.json",
+        "energy.md",
+        "firing_rates.png",
+        "tsne.png",
+        "accuracy.md",
+        "training_curves.png",
+    ):
         assert (out / name).is_file(), name
     assert "| Teacher ANN |" in (out / "energy.md").read_text()
     assert "before the classifier" in outputs_text(nb)
     assert os.path.getsize(out / "tsne.png") > 1000
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "analysis.ipynb"])
+def test_committed_notebooks_are_executed_with_one_setting_and_no_placeholder(name):
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    setup = code[0].source
+    assert 'REPO_URL = ""' in setup and "<" not in setup.split("REPO_URL = ")[1].split("\n")[0]
+    assert all(c.get("execution_count") for c in code), "commit the notebook executed"
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), "no figure"
