@@ -3,7 +3,9 @@
 Standalone: this package imports only jax and numpy, so other JAX projects can use it without
 Flax, optax or TensorFlow (`from htakl_jax.losses import hta_kl`). The loss family lives in
 :mod:`.kd`, the head set and the HTA-KL weights (with the sort-free search for large
-vocabularies) in :mod:`.head_set`.
+vocabularies) in :mod:`.head_set`, and the fused linear + KD loss (`fused_linear_kd`: the loss
+from hidden states and the output projection, in row chunks, never materialising [tokens, vocab]
+logits) in :mod:`.fused`.
 
 Conventions shared by every loss:
 - `student_logits` and `teacher_logits` are shaped [..., C]; the result is per example, shaped
@@ -29,6 +31,7 @@ broken by class index (the lower index ranks first), so the head set is determin
 classes the head comes from a sort; above, from a sort-free threshold search with the same result.
 """
 
+from htakl_jax.losses.fused import FUSED_METHODS, fused_linear_kd, fused_linear_kd_with_weight
 from htakl_jax.losses.head_set import PATHS as HEAD_SET_PATHS
 from htakl_jax.losses.kd import (
     BLOCK_ELEMENTS,
@@ -48,12 +51,15 @@ from htakl_jax.losses.kd import (
 
 __all__ = [
     "BLOCK_ELEMENTS",
+    "FUSED_METHODS",
     "HEAD_SET_PATHS",
     "METHODS",
     "cross_entropy",
     "distillation_loss",
     "fixed_ratio_kl",
     "forward_kl",
+    "fused_linear_kd",
+    "fused_linear_kd_with_weight",
     "head_tail_weights",
     "hta_kl",
     "hta_kl_with_weight",
