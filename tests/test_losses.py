@@ -585,6 +585,25 @@ def test_no_gradient_through_head_tail_weights():
         np.testing.assert_array_equal(np.asarray(g), 0.0)
 
 
+@pytest.mark.parametrize("row_block", (None, 2))
+def test_temperature_gradient_of_hta_kl_holds_the_weights_fixed(row_block):
+    # d/dtau of HTA-KL is that of the fixed mix w_head FKL + w_tail RKL at the same weights: the
+    # weights depend on tau (through p and q) but pass no gradient, to tau as to the logits.
+    s, t = make_inputs("random", (4, 7), seed=5)
+    _, w_head = losses.hta_kl_with_weight(s, t, temperature=2.0)
+
+    def hta(tau):
+        return losses.hta_kl(s, t, temperature=tau, row_block=row_block).sum()
+
+    def mix(tau):
+        fkl = losses.forward_kl(s, t, temperature=tau)
+        return (w_head * fkl + (1 - w_head) * losses.reverse_kl(s, t, temperature=tau)).sum()
+
+    np.testing.assert_allclose(jax.grad(hta)(2.0), jax.grad(mix)(2.0), rtol=1e-5)
+    g = jax.grad(lambda tau: losses.head_tail_weights(s, t, temperature=tau)[0].sum())(2.0)
+    assert float(g) == 0.0
+
+
 def test_jit_vmap_grad_of_hta_kl():
     s, t = make_inputs("masked", (3, 4, 7), seed=4)
     per_row = jax.jit(jax.vmap(jax.grad(lambda a, b: losses.hta_kl(a, b).sum())))

@@ -299,7 +299,7 @@ def head_tail_weights(
         temperature if weight_temperature is None else weight_temperature,
         None,
     )
-    return head_set.head_tail_from_probs(p, q, mu, path=path)
+    return jax.lax.stop_gradient(head_set.head_tail_from_probs(p, q, mu, path=path))
 
 
 # Row blocks: above 2 * BLOCK_ELEMENTS elements per input, HTA-KL on the CPU backend runs over
@@ -396,7 +396,10 @@ def _hta_kl_rows(
         tau_w = jnp.asarray(weight_temperature, s.dtype)
         s_w, t_w = jax.lax.stop_gradient((s, t))
         q, p, _ = _kl_terms(s_w, t_w, tau_w, *_log_normalizers(s_w, t_w, tau_w))
-    w_head, w_tail = head_set.head_tail_from_probs(p, q, mu, valid=where, path=path)
+    # No gradient through the weights, the temperature's included (it also sets p and q).
+    w_head, w_tail = jax.lax.stop_gradient(
+        head_set.head_tail_from_probs(p, q, mu, valid=where, path=path)
+    )
     return _apply_where(_kl_pair_scaled(s, t, w_head, w_tail, tau, lse), where), w_head
 
 
