@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_INVALID)
     logging.info(
-        "JAX %s: process %d/%d, devices %s; compilation cache %s",
+        "JAX %s: process %d/%d, devices %s; persistent program cache %s",
         jax.__version__,
         jax.process_index(),
         jax.process_count(),
