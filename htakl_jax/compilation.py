@@ -8,7 +8,7 @@ Which folder, first match wins:
 1. `setting` (`config.compilation_cache`): a path, or "off";
 2. `$HTAKL_JAX_COMPILATION_CACHE`: a path, or "off";
 3. `$JAX_COMPILATION_CACHE_DIR` (JAX's own variable, read by JAX at import);
-4. `$XDG_CACHE_HOME/htakl_jax/jax` (default `~/.cache/htakl_jax/jax`).
+4. `jax/` in the project's cache root (`$HTAKL_JAX_CACHE_DIR`, default `~/.cache/htakl_jax`).
 
 JAX caches a program only when it took at least `jax_persistent_cache_min_compile_time_secs` to
 compile (1 s by default; `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` sets it).
@@ -21,14 +21,16 @@ import os
 import jax
 from absl import logging
 
+from htakl_jax.data import cache as cache_lib
+
 ENV = "HTAKL_JAX_COMPILATION_CACHE"
 OFF = "off"
 
 
 def default_cache_dir() -> str:
-    """`$XDG_CACHE_HOME/htakl_jax/jax`, or `~/.cache/htakl_jax/jax`."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "htakl_jax", "jax")
+    """`jax/` in the project's cache root (`htakl_jax.data.cache.default_cache_root`:
+    `$HTAKL_JAX_CACHE_DIR`, else `~/.cache/htakl_jax`), beside the decoded-data cache."""
+    return str(cache_lib.default_cache_root() / "jax")
 
 
 def cache_dir(setting: str = "") -> str | None:

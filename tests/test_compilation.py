@@ -15,12 +15,12 @@ from htakl_jax import compilation
 def clean_env(monkeypatch, tmp_path):
     for name in (compilation.ENV, "JAX_COMPILATION_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HTAKL_JAX_CACHE_DIR", str(tmp_path / "xdg"))
     return monkeypatch
 
 
 def test_cache_dir_precedence(clean_env, tmp_path):
-    assert compilation.cache_dir() == str(tmp_path / "xdg" / "htakl_jax" / "jax")
+    assert compilation.cache_dir() == str(tmp_path / "xdg" / "jax")
     clean_env.setenv("JAX_COMPILATION_CACHE_DIR", "/jax/own")
     assert compilation.cache_dir() == "/jax/own"
     clean_env.setenv(compilation.ENV, "/ours")
