@@ -11,9 +11,16 @@ Stages (``--stage``, default ``all``):
   report   WORKDIR/results.{csv,json}, table1.md (accuracy, mean ± std over seeds), paired.md,
            table3.md (energy), ablation.md, and plots/ (accuracy vs T, firing rates per layer,
            head-ratio sweep, HTA-KL weight trajectory, t-SNE), by ``analysis.grid``.
-A cell whose results.json (analysis.json) exists is skipped, so an interrupted grid resumes where it
-stopped (a half-trained cell resumes from its checkpoint). Each cell stores the config it was run
-with (cell.json); rerunning with a different config for an existing cell is refused.
+A cell whose results.json (analysis.json) is whole is skipped, so an interrupted grid resumes where
+it stopped (a half-trained cell resumes from its checkpoint). A damaged cell is redone, not skipped
+(`cell_trained`, `cell_analysed`): a results.json that is not valid JSON, cut short or lacks the
+accuracies is retrained (evaluated again from its checkpoint, or trained again without one), and so
+is one whose student checkpoint is gone while the cell still needs its analysis; a retrained
+cell's old analysis.json is removed; an analysis.json that is not whole is redone. Every file the
+grid writes is written whole or not at all (`runs.atomic_write`), so a run killed at any moment
+(benchmarks/kill_grid.py) and rerun ends with the same tables as an uninterrupted one. Each cell
+stores the config it was run with (cell.json); rerunning with a different config for an existing
+cell is refused (a cell.json that cannot be read is written again).
 """
 
 from __future__ import annotations
@@ -143,17 +150,42 @@ def _is_main() -> bool:
 def _check_or_write_cell_spec(directory: str, cell: Cell, config: ml_collections.ConfigDict):
     path = os.path.join(directory, "cell.json")
     spec = {"cell": dataclasses.asdict(cell), "config": json.loads(config.to_json())}
-    if os.path.isfile(path):
-        with open(path) as f:
-            stored = json.load(f)
+    stored = runs.read_json_object(path)
+    if stored is not None:
         if stored != spec:
             raise ValueError(
                 f"cell {cell.name} in {directory} was run with a different config; use a new "
                 "--workdir or delete that cell folder to rerun it"
             )
     elif _is_main():
+        if os.path.exists(path):
+            logging.warning("grid: %s is damaged; writing it again", path)
         os.makedirs(directory, exist_ok=True)
         runs.write_json(path, spec)
+
+
+def cell_analysed(directory: str) -> bool:
+    """Whether the cell in `directory` has a whole analysis.json (`report.read_summary`)."""
+    return grid_lib.read_cell_analysis(directory) is not None
+
+
+def cell_trained(cfg: ml_collections.ConfigDict, directory: str, cell: Cell) -> bool:
+    """Whether `cell` (in `directory`) needs no training: its results.json is whole
+    (`grid_lib.read_cell_results`) and, while its analysis is still to do, its student
+    checkpoint exists (the analysis restores it)."""
+    if grid_lib.read_cell_results(directory, cell) is None:
+        return False
+    if cfg.analysis.num_examples <= 0 or cell_analysed(directory):
+        return True
+    return checkpoint.has_checkpoint(runs.phase_dir(directory, "student"))
+
+
+def _forget_analysis(directory: str) -> None:
+    """Removes the analysis.json of a cell about to be (re)trained: it is redone afterwards."""
+    path = os.path.join(directory, report.ANALYSIS_DIR, report.SUMMARY_FILE)
+    if _is_main() and os.path.exists(path):
+        logging.info("grid: %s is retrained; its analysis will be redone", directory)
+        os.remove(path)
 
 
 def train_grid(
@@ -163,7 +195,7 @@ def train_grid(
     *,
     train_fn: Callable[..., Any] = train.train_and_evaluate,
 ) -> None:
-    """Trains the shared teacher (once), then each cell lacking results.json."""
+    """Trains the shared teacher (once), then each cell not `cell_trained`."""
     if runs.teacher_finished(shared_teacher_dir(workdir)):
         logging.info("grid: reusing the teacher in %s", shared_teacher_dir(workdir))
     else:
@@ -176,25 +208,26 @@ def train_grid(
         directory = cell_dir(workdir, cell)
         config = cell_config(cfg, cell, workdir)
         _check_or_write_cell_spec(directory, cell, config)
-        if os.path.isfile(os.path.join(directory, runs.RESULTS_FILE)):
+        if cell_trained(cfg, directory, cell):
             logging.info("grid: cell %d/%d %s done, skipped", i + 1, len(cells), cell.name)
             continue
+        if os.path.exists(os.path.join(directory, runs.RESULTS_FILE)):
+            logging.warning("grid: %s is damaged or incomplete; redoing the cell", directory)
+        _forget_analysis(directory)
         logging.info("grid: cell %d/%d %s", i + 1, len(cells), cell.name)
         train_fn(config, directory, mode="all")
 
 
 def analyze_grid(cfg: ml_collections.ConfigDict, workdir: str, cells: Sequence[Cell]) -> None:
-    """Analyses each trained cell lacking analysis.json (`report.analyze_workdir`, no figures;
-    process 0 only)."""
+    """Analyses each trained cell (`cell_trained`) without a whole analysis.json
+    (`report.analyze_workdir`, no figures; process 0 only)."""
     a = cfg.analysis
     if a.num_examples <= 0 or not _is_main():
         return
     eval_data = None
     for cell in cells:
         directory = cell_dir(workdir, cell)
-        if not os.path.isfile(os.path.join(directory, runs.RESULTS_FILE)):
-            continue
-        if os.path.isfile(os.path.join(directory, report.ANALYSIS_DIR, report.SUMMARY_FILE)):
+        if cell_analysed(directory) or not cell_trained(cfg, directory, cell):
             continue
         if eval_data is None:
             _, eval_ds, info = runs.load_data(cfg.base)

@@ -13,14 +13,20 @@ Workdir layout:
                                      see htakl_jax.metrics)
   WORKDIR/results.json               the evaluation (teacher accuracy, student accuracy per T)
 The teacher lives elsewhere when config.student.teacher_checkpoint names its phase directory.
+
+Files are written whole or not at all (`atomic_write`, `write_json`): a run killed midway leaves
+the previous file or none, never a torn one. `read_results` tells a whole results.json from a
+missing or damaged one (a grid redoes a cell whose results.json it returns None for).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import flax.linen as nn
 import jax
@@ -182,14 +188,58 @@ def teacher_finished(path: str) -> bool:
     return bool(ckpt_lib.read_meta(path, prefer_best=False)[1].get("finished"))
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Opens ``PATH.tmp`` for writing (``open`` with `mode` and `kwargs`) and, once the block
+    ends without an exception, renames it onto `path` (``os.replace``, atomic on POSIX): a
+    process killed at any moment leaves the old file or the new one, never a torn one. On an
+    exception the temporary file is removed. No fsync: this guards against a killed process, not
+    a power cut (a file torn by one is caught by readers such as `read_results`)."""
+    tmp = f"{os.fspath(path)}.tmp"
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes `obj` as indented JSON atomically (temporary file, then rename); NumPy scalars and
-    arrays become numbers and lists."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    """Writes `obj` as indented JSON atomically (`atomic_write`); NumPy scalars and arrays
+    become numbers and lists."""
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2, default=_json_default)
         f.write("\n")
-    os.replace(tmp, path)
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`, or None when the file is missing, unreadable, not valid JSON
+    (e.g. cut short) or not an object."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def read_results(path: str | os.PathLike) -> dict | None:
+    """A run's results.json (`RESULTS_FILE`) when it is whole: a JSON object with a numeric
+    ``teacher_accuracy`` and a non-empty ``student_accuracy`` mapping T (str) to numbers. None
+    when it is missing or damaged (not JSON, cut short, keys missing or of the wrong type)."""
+    results = read_json_object(path)
+    if results is None or not _is_number(results.get("teacher_accuracy")):
+        return None
+    accuracy = results.get("student_accuracy")
+    if not isinstance(accuracy, dict) or not accuracy:
+        return None
+    return results if all(_is_number(a) for a in accuracy.values()) else None
 
 
 def _json_default(x: Any) -> Any:

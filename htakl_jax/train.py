@@ -167,6 +167,20 @@ class _Phase:
             _fmt_eta((self.total_steps - step) / window["steps_per_s"]),
         )
 
+    def next_meta(
+        self, meta: dict[str, Any], *, step: int, eval_accuracy: float | None, finished: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """(meta of a save at `step`, whether `eval_accuracy` improved on the best so far)."""
+        improved = eval_accuracy is not None and eval_accuracy > meta["best_accuracy"]
+        meta = meta | {
+            "epoch": step // self.program.steps_per_epoch,
+            "eval_accuracy": eval_accuracy,
+            "best_accuracy": eval_accuracy if improved else meta["best_accuracy"],
+            "finished": finished,
+            "step": step,
+        }
+        return meta, improved
+
     def save(
         self,
         state: steps.TrainState,
@@ -177,14 +191,9 @@ class _Phase:
         finished: bool,
     ) -> dict[str, Any]:
         """Saves `state` in latest/ (and best/ when `eval_accuracy` improved); returns its meta."""
-        improved = eval_accuracy is not None and eval_accuracy > meta["best_accuracy"]
-        meta = meta | {
-            "epoch": step // self.program.steps_per_epoch,
-            "eval_accuracy": eval_accuracy,
-            "best_accuracy": eval_accuracy if improved else meta["best_accuracy"],
-            "finished": finished,
-            "step": step,
-        }
+        meta, improved = self.next_meta(
+            meta, step=step, eval_accuracy=eval_accuracy, finished=finished
+        )
         self.checkpoints.save(state, meta, best=improved)
         return meta
 
@@ -206,20 +215,29 @@ class _Phase:
                 batch_size=config.eval.batch_size,
             )
         # Always save alongside an eval, so that best/ can hold it if it improved.
-        if done % config.checkpoint.every_epochs == 0 or last or eval_accuracy is not None:
-            meta = self.save(state, meta, step=step, eval_accuracy=eval_accuracy, finished=last)
+        save = done % config.checkpoint.every_epochs == 0 or last or eval_accuracy is not None
+        saved_meta, improved = meta, False
+        if save:
+            saved_meta, improved = self.next_meta(
+                meta, step=step, eval_accuracy=eval_accuracy, finished=last
+            )
+        # The record before the checkpoint: a run killed between the two resumes from the
+        # previous checkpoint, drops this record and writes it again (MetricsWriter); the other
+        # order could leave the epoch's checkpoint without its record, for good.
         self.writer.write(
             {
                 "epoch": done,
                 "step": step,
                 "lr": float(self.program.schedule(step - 1)),
                 "eval_accuracy": eval_accuracy,
-                "best_accuracy": meta["best_accuracy"],
+                "best_accuracy": saved_meta["best_accuracy"],
                 **timing,
                 "eta_s": (pcfg.epochs - done) * timing["epoch_time_s"],
                 **train_means,
             }
         )
+        if save:
+            self.checkpoints.save(state, saved_meta, best=improved)
         logging.info(
             "%s epoch %d/%d: train loss %.4f acc %.4f, eval acc %s, %.1f images/s",
             self.program.phase,
@@ -231,7 +249,7 @@ class _Phase:
             timing["images_per_s"],
         )
         self.meter.start_epoch(step)
-        return eval_accuracy, meta
+        return eval_accuracy, saved_meta
 
 
 def train_phase(
@@ -391,7 +409,7 @@ def _run(
         teacher_vars = _restore_teacher(config, workdir, programs["teacher"], info, mesh)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, runs.CONFIG_FILE), "w") as f:
+        with runs.atomic_write(os.path.join(workdir, runs.CONFIG_FILE)) as f:
             f.write(config.to_json(indent=2))
 
     def train(phase: str, **kwargs: Any) -> None:

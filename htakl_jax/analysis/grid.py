@@ -2,18 +2,19 @@
 
 A grid (``htakl_jax.experiments``) keeps one workdir per cell, each with results.json and, once
 analysed, analysis/ (`htakl_jax.analysis.report`). From those:
-- `collect_rows` reads one flat row per finished cell;
+- `collect_rows` reads one flat row per finished cell (`read_cell_results`, `read_cell_analysis`:
+  a missing or damaged results.json / analysis.json is an unfinished cell / analysis);
 - `grid_tables` computes the tables (no files): Table I (accuracy, mean ± std over seeds), the
   continuous endpoints per arm, every arm minus FKL paired by seed with its 95% interval
   (`htakl_jax.analysis.stats`), Table III (energy) and the head-ratio ablation;
-- `write_tables` writes them as Markdown, CSV and JSON; `plot_grid` draws the figures
+- `write_tables` writes them as Markdown, CSV and JSON (each file whole or not at all:
+  `runs.atomic_write`); `plot_grid` draws the figures
   (accuracy vs T, firing rates per layer, t-SNE, the ratio sweep, the HTA-KL weight trajectory).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -41,25 +42,34 @@ class CellLike(Protocol):
     seed: int
 
 
-def _read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
 def _analysis_path(cell_dir: str) -> str:
     return os.path.join(cell_dir, report.ANALYSIS_DIR, report.SUMMARY_FILE)
 
 
+def read_cell_results(cell_dir: str, cell: CellLike) -> dict[str, Any] | None:
+    """The cell's results.json when it is whole (`runs.read_results`) and has the accuracy at the
+    cell's own T; None when the cell is unfinished or its results.json is damaged."""
+    results = runs.read_results(os.path.join(cell_dir, runs.RESULTS_FILE))
+    if results is None or str(cell.timesteps) not in results["student_accuracy"]:
+        return None
+    return results
+
+
+def read_cell_analysis(cell_dir: str) -> dict[str, Any] | None:
+    """The cell's analysis/analysis.json when it is whole (`report.read_summary`), else None."""
+    return report.read_summary(_analysis_path(cell_dir))
+
+
 def collect_rows(cells_dir: str, cells: Sequence[CellLike]) -> list[dict[str, Any]]:
     """One flat row per finished cell in ``cells_dir/<cell name>``: accuracies (fractions), and
-    firing rates and energy per image when the cell has been analysed."""
+    firing rates and energy per image when the cell has been analysed. A cell whose results.json
+    (analysis.json) is missing or damaged counts as not trained (not analysed)."""
     rows = []
     for cell in cells:
         cell_dir = os.path.join(cells_dir, cell.name)
-        path = os.path.join(cell_dir, runs.RESULTS_FILE)
-        if not os.path.isfile(path):
+        res = read_cell_results(cell_dir, cell)
+        if res is None:
             continue
-        res = _read_json(path)
         row: dict[str, Any] = {
             "cell": cell.name,
             "method": cell.method,
@@ -74,8 +84,8 @@ def collect_rows(cells_dir: str, cells: Sequence[CellLike]) -> list[dict[str, An
         }
         row["arm"] = tables.arm_label(row)
         row |= {f"accuracy_T{t}": a for t, a in res["student_accuracy"].items()}
-        if os.path.isfile(_analysis_path(cell_dir)):
-            an = _read_json(_analysis_path(cell_dir))
+        an = read_cell_analysis(cell_dir)
+        if an is not None:
             endpoints = an.get("endpoints", {})
             row |= {k: endpoints[k] for k in ENDPOINTS if k in endpoints}
             e = an["energy"]["student"]
@@ -263,7 +273,7 @@ def grid_tables(
 
 
 def _write_markdown(path: str, title: str, table: Table) -> None:
-    with open(path, "w") as f:
+    with runs.atomic_write(path) as f:
         f.write(f"{title}\n\n")
         f.write(tables.markdown_table(*table))
 
@@ -347,7 +357,7 @@ def _cell_analyses(
     for label in dict.fromkeys(r["arm"] for r in grid.energy_rows):
         cell_rows = _by(grid.energy_rows, arm=label)
         per_seed = [
-            _read_json(_analysis_path(os.path.join(cells_dir, r["cell"])))["firing"]["layer_rates"]
+            read_cell_analysis(os.path.join(cells_dir, r["cell"]))["firing"]["layer_rates"]
             for r in cell_rows
         ]
         layer_rates[label] = {k: float(np.mean([p[k] for p in per_seed])) for k in per_seed[0]}

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from htakl_jax import runs
+
 __all__ = [
     "new_figure",
     "plot_accuracy_vs_timesteps",
@@ -30,10 +32,12 @@ def new_figure(width: float = 6.0, height: float = 4.0) -> Figure:
 
 
 def save(fig: Figure, path: str | os.PathLike | None, dpi: int = 120) -> Figure:
-    """Saves ``fig`` as PNG at ``path`` (if given) and returns it."""
+    """Saves ``fig`` as PNG at ``path`` (if given; whole or not at all, `runs.atomic_write`) and
+    returns it."""
     if path is not None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        with runs.atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
     return fig
 
 

@@ -22,7 +22,6 @@ Analysis runs on one device of this process (it is a few forward passes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -44,6 +43,7 @@ __all__ = [
     "analyze",
     "analyze_workdir",
     "energy_summary",
+    "read_summary",
     "run_endpoints",
     "eval_subset",
     "training_records",
@@ -106,12 +106,39 @@ def run_endpoints(
 
 
 def _accuracies(workdir: str) -> dict[str, Any]:
-    path = os.path.join(workdir, runs.RESULTS_FILE)
-    if not os.path.isfile(path):
+    results = runs.read_results(os.path.join(workdir, runs.RESULTS_FILE))
+    if results is None:
         return {}
-    with open(path) as f:
-        results = json.load(f)
     return {k: results[k] for k in ("teacher_accuracy", "student_accuracy")}
+
+
+# What a whole analysis.json holds (what the grid's report reads from it).
+SUMMARY_KEYS = (
+    ("firing", "pre_classifier_rate"),
+    ("firing", "overall_rate"),
+    ("firing", "layer_rates"),
+    ("energy", "student", "ops"),
+    ("energy", "student", "acs"),
+    ("energy", "student", "macs"),
+    ("energy", "student", "energy_mj"),
+    ("energy", "teacher", "macs"),
+    ("energy", "teacher", "energy_mj"),
+)
+
+
+def read_summary(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The analysis.json (`SUMMARY_FILE`) at `path` when it is whole (a JSON object with every
+    `SUMMARY_KEYS` entry), else None: missing, cut short, not JSON or keys missing."""
+    summary = runs.read_json_object(path)
+    if summary is None:
+        return None
+    for keys in SUMMARY_KEYS:
+        node: Any = summary
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return None
+            node = node[k]
+    return summary
 
 
 def analyze(
@@ -216,21 +243,23 @@ def write_analysis(
     summary = analysis.summary
     accuracy = accuracy_table(summary)
     if accuracy is not None:
-        with open(os.path.join(out_dir, "accuracy.md"), "w") as f:
+        with runs.atomic_write(os.path.join(out_dir, "accuracy.md")) as f:
             f.write(tables.markdown_table(*accuracy))
-    with open(os.path.join(out_dir, "energy.md"), "w") as f:
+    with runs.atomic_write(os.path.join(out_dir, "energy.md")) as f:
         f.write(tables.markdown_table(*tables.table3(energy_rows(summary))))
     layers = summary["energy"]["student"]["layers"]
     tables.write_csv(os.path.join(out_dir, "energy_layers.csv"), layers)
     tables.write_csv(os.path.join(out_dir, "firing_rates.csv"), rates_table(analysis.stats))
     if len(analysis.labels):
-        np.savez(
-            os.path.join(out_dir, FEATURES_FILE),
-            labels=analysis.labels,
-            teacher=analysis.teacher_features,
-            student=analysis.student_features,
-        )
-    # Last: its presence marks a complete analysis (a grid skips cells that have one).
+        with runs.atomic_write(os.path.join(out_dir, FEATURES_FILE), "wb") as f:
+            np.savez(
+                f,
+                labels=analysis.labels,
+                teacher=analysis.teacher_features,
+                student=analysis.student_features,
+            )
+    # Last: a whole one marks a complete analysis (a grid skips cells that have one, see
+    # `read_summary`). Every file here is written whole or not at all (`runs.atomic_write`).
     runs.write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
     if not plots:
         return

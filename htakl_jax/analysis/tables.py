@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from htakl_jax import runs
+
 __all__ = [
     "format_count",
     "format_energy",
@@ -121,7 +123,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Non
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    with open(path, "w", newline="") as f:
+    with runs.atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
