@@ -13,6 +13,11 @@ ours computes the first conv + BN once (identical result). Ratios:
 - ``snn / (T x ann)``: goal <= 1.10 (and <= 1.0 at T = 1),
 - ``sj / snn``: goal >= 1.0 (ours at least as fast as SpikingJelly).
 
+Each row also gives the step's model FLOPs per image (:func:`model_flops_per_image`: 2 per MAC of
+``energy.count_macs``, x3 for forward + backward, x T for the layers that run every time step), the
+achieved TFLOP/s, and with ``--matmul N`` its fraction of the dense bf16 matrix-multiply rate (an
+N x N x N product, timed in the same process; 8192 on a GPU).
+
 With ``--methods``, instead: the training program's own distillation step
 (``steps.phase_program``: augmentation, frozen teacher, student, the method's loss and parts,
 SGD update) for each method at each T, timed round-robin, relative to HTA-KL's; ``fkl + taps``
@@ -35,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from htakl_jax import defaults, losses, methods, parallel, runs, steps, surrogate
+from htakl_jax import defaults, energy, losses, methods, parallel, runs, steps, surrogate
 from htakl_jax.layers import scale_width
 from htakl_jax.models import get_model
 from htakl_jax.parallel import cpu_compiler_options
@@ -112,6 +117,31 @@ def jax_step(
         return optax.apply_updates(params, updates), batch_stats, opt_state
 
     return step, state
+
+
+def model_flops_per_image(name: str, *, spiking: bool, timesteps: int, width: float) -> float:
+    """Model FLOPs of one training step per image: 2 FLOPs per multiply-accumulate
+    (`energy.count_macs`), x3 for forward + backward, and x T for every layer of a spiking
+    model that runs each time step (all but the direct-encoding first conv, which runs once)."""
+    model = get_model(
+        name, num_classes=CLASSES, spiking=spiking, timesteps=timesteps, width_mult=width
+    )
+    layers = energy.count_macs(model, (IMAGE, IMAGE, 3))
+    t = timesteps if spiking else 1
+    return 2 * 3 * sum(layer.macs * (t if layer.spike_input else 1) for layer in layers)
+
+
+def matmul_flops_per_s(n: int, *, repeats: int) -> float:
+    """FLOP/s of an n x n x n bfloat16 matrix product (float32 accumulation left to XLA), median
+    of `repeats` timed calls: the dense rate the training steps are measured against."""
+    ka, kb = jax.random.split(jax.random.key(1))
+    a = jax.random.normal(ka, (n, n), jnp.bfloat16)
+    b = jax.random.normal(kb, (n, n), jnp.bfloat16)
+    matmul = jax.jit(jnp.matmul)
+    seconds = time_interleaved(
+        {"matmul": lambda: matmul(a, b).block_until_ready()}, repeats=repeats
+    )
+    return 2 * n**3 / seconds["matmul"]
 
 
 def jax_runner(step, state):
@@ -280,7 +310,9 @@ def bench_methods(args) -> list[dict]:
 # ----------------------------------------------------------------------------- main
 
 
-def bench_model(name: str, args, peer) -> list[dict]:
+def bench_model(name: str, args, peer, matmul_rate: float | None) -> list[dict]:
+    """One round-robin timing of the ANN step, our SNN step at each T and SpikingJelly's; a row
+    per T with times, ratios, model TFLOP/s and (given `matmul_rate`, FLOP/s) its fraction."""
     common = dict(width=args.width_mult, batch=args.batch, dtype=args.dtype)
     fns = {"ann": jax_runner(*jax_step(name, spiking=False, timesteps=1, **common))}
     for t in args.timesteps:
@@ -294,10 +326,14 @@ def bench_model(name: str, args, peer) -> list[dict]:
     for t in args.timesteps:
         snn = times[f"snn T={t}"]
         sj = times.get(f"sj T={t}")
+        flops = model_flops_per_image(name, spiking=True, timesteps=t, width=args.width_mult)
+        achieved = flops * args.batch / snn
         rows.append(
             {
                 "model": name,
                 "T": t,
+                "batch": args.batch,
+                "dtype": args.dtype,
                 "ann ms": 1e3 * times["ann"],
                 "snn ms": 1e3 * snn,
                 "snn img/s": args.batch / snn,
@@ -305,6 +341,9 @@ def bench_model(name: str, args, peer) -> list[dict]:
                 "sj ms": None if sj is None else 1e3 * sj,
                 "sj img/s": None if sj is None else args.batch / sj,
                 "sj / snn": None if sj is None else sj / snn,
+                "GFLOP/img": flops / 1e9,
+                "snn TFLOP/s": achieved / 1e12,
+                "of matmul": None if matmul_rate is None else achieved / matmul_rate,
             }
         )
     return rows
@@ -321,6 +360,13 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip SpikingJelly")
     parser.add_argument("--out", default=None, help="write results as JSON here")
     parser.add_argument(
+        "--matmul",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time an N^3 bf16 matmul and report each step's fraction of its rate (0: skip)",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=None,
@@ -334,14 +380,19 @@ def main() -> None:
         write_json(args.out, {"benchmark": "step-methods", "rows": rows, "args": vars(args)})
         return
     peer = None if args.no_peer else try_import_torch()
+    matmul_rate = matmul_flops_per_s(args.matmul, repeats=args.repeats) if args.matmul else None
     print(
         f"device={jax.devices()[0].device_kind} dtype={args.dtype} batch={args.batch} "
-        f"width={args.width_mult} "
-        f"{IMAGE}x{IMAGE}x3, {CLASSES} classes"
+        f"width={args.width_mult} {IMAGE}x{IMAGE}x3, {CLASSES} classes"
+        + (
+            ""
+            if matmul_rate is None
+            else f", bf16 {args.matmul}^3 matmul {matmul_rate / 1e12:.1f} TFLOP/s"
+        )
     )
     rows = []
     for name in args.models:
-        rows += bench_model(name, args, peer)
+        rows += bench_model(name, args, peer, matmul_rate)
     cols = [
         "model",
         "T",
@@ -352,9 +403,13 @@ def main() -> None:
         "sj ms",
         "sj img/s",
         "sj / snn",
+        "GFLOP/img",
+        "snn TFLOP/s",
+        "of matmul",
     ]
     print_table(rows, cols)
-    write_json(args.out, {"benchmark": "step", "rows": rows, "args": vars(args)})
+    payload = {"benchmark": "step", "rows": rows, "args": vars(args)}
+    write_json(args.out, payload | {"matmul_flops_per_s": matmul_rate})
 
 
 if __name__ == "__main__":
