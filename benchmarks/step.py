@@ -75,7 +75,7 @@ def jax_step(
     timesteps: int,
     width: float,
     batch: int,
-    remat=False,
+    remat: str = "none",
     dtype: str = "float32",
 ):
     """A jitted ``state -> state`` training step on a fixed batch, and its initial state.
