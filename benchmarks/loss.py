@@ -41,7 +41,11 @@ MU = 0.5
 PATHS = ("threshold", "top_k", "sort")
 
 
-def _teacher(kind: str, rows: int, classes: int, rng: np.random.Generator) -> np.ndarray:
+def teacher_logits(kind: str, rows: int, classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Teacher logits [rows, classes]: "random", "peaked" (module docstring) or "flat" (all
+    classes within 0.1 of each other: the longest possible head)."""
+    if kind == "flat":
+        return 0.1 * rng.standard_normal((rows, classes), dtype=np.float32)
     if kind == "random":
         return rng.standard_normal((rows, classes), dtype=np.float32)
     if kind == "peaked":
@@ -122,7 +126,7 @@ def _jax_fns(s, t, labels, temperature: float) -> dict[str, Callable]:
 
 def bench_case(rows, classes, temperature, kind, repeats, slow_repeats, torch) -> dict:
     rng = np.random.default_rng(0)
-    t_np = _teacher(kind, rows, classes, rng)
+    t_np = teacher_logits(kind, rows, classes, rng)
     s_np = t_np + rng.standard_normal((rows, classes), dtype=np.float32)  # a nearby student
     labels_np = rng.integers(0, classes, rows).astype(np.int32)
     fns = _jax_fns(jnp.asarray(s_np), jnp.asarray(t_np), jnp.asarray(labels_np), temperature)

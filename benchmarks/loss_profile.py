@@ -36,6 +36,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from loss import teacher_logits
 
 from htakl_jax import losses
 
@@ -52,16 +53,6 @@ _FRAME = re.compile(r"stack_frame_id=(\d+)")
 _ENTRY = re.compile(r'^(\d+) (?:"(.*)"|\{(.*)\})$')
 _DIMS = re.compile(r"\[([\d,]*)\]")
 _OPERANDS = re.compile(r" [\w\-]+\((.*?)\)(?:,|$)")
-
-
-def _teacher(kind: str, rows: int, classes: int, rng: np.random.Generator) -> np.ndarray:
-    """Teacher logits [rows, classes]: `benchmarks/loss.py`'s random and peaked teachers, and a
-    flat one (all classes within 0.1 of each other: the longest possible head)."""
-    if kind == "flat":
-        return 0.1 * rng.standard_normal((rows, classes), dtype=np.float32)
-    from loss import _teacher as loss_teacher
-
-    return loss_teacher(kind, rows, classes, rng)
 
 
 def _source_tables(hlo_text: str) -> dict[str, dict[int, str | dict[str, int]]]:
@@ -182,7 +173,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     shape = (args.rows, args.classes)
     s = jnp.asarray(2.0 * rng.standard_normal(shape, dtype=np.float32))
-    t = jnp.asarray(_teacher(args.teacher, *shape, rng))
+    t = jnp.asarray(teacher_logits(args.teacher, *shape, rng))
     labels = jnp.asarray(rng.integers(0, args.classes, args.rows))
     tau = args.temperature
     # The teacher is an argument: a closed-over one would be constant-folded at compile time.
