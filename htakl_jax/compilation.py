@@ -42,11 +42,26 @@ def cache_dir(setting: str = "") -> str | None:
     return default_cache_dir()
 
 
+def _multi_process_cpu() -> bool:
+    """Whether this is one process of a multi-process CPU job (checked without starting a
+    backend when jax.distributed is not initialised)."""
+    return (
+        jax.distributed.is_initialized()
+        and jax.process_count() > 1
+        and jax.default_backend() == "cpu"
+    )
+
+
 def enable_compilation_cache(setting: str = "") -> str | None:
     """Points JAX's persistent compilation cache at `cache_dir(setting)` and returns that folder;
-    None (the cache off) when it is off or the folder cannot be created or written. Call before
-    the first compilation."""
+    None (the cache off) when it is off, the folder cannot be created or written, or this is a
+    multi-process CPU run. Call before the first compilation (after jax.distributed starts)."""
     path = cache_dir(setting)
+    if path is not None and _multi_process_cpu():
+        # A program read back from the cache (written by an earlier 2-process run) hung in its
+        # first cross-process collective (JAX 0.10.2, gloo): such runs compile their own.
+        logging.info("compilation cache off: multi-process CPU run")
+        path = None
     if path is None:
         jax.config.update("jax_compilation_cache_dir", None)
         return None

@@ -36,16 +36,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 EXIT_INVALID, EXIT_NONFINITE, EXIT_DISK_FULL, EXIT_PREEMPTED = 1, 2, 3, 143
 
 
-def _cache_setting(setting: str) -> str:
-    """`config.compilation_cache`, except "off" in multi-process CPU runs: there a program read
-    back from the persistent cache (written by an earlier 2-process run) hung in its first
-    cross-process collective (JAX 0.10.2, gloo), so each such run compiles its own."""
-    if jax.process_count() > 1 and jax.default_backend() == "cpu":
-        logging.info("persistent program cache off: multi-process CPU run")
-        return compilation.OFF
-    return setting
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -74,7 +64,7 @@ def main(argv: list[str]) -> None:
         jax.process_index(),
         jax.process_count(),
         jax.devices(),
-        compilation.enable_compilation_cache(_cache_setting(config.compilation_cache)) or "off",
+        compilation.enable_compilation_cache(config.compilation_cache) or "off",
     )
     try:
         results = train.train_and_evaluate(config, workdir, mode=mode)
