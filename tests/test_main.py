@@ -52,11 +52,16 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         powered().base,
         powered("restart_base"),
         powered("restart").base,
+        powered("t2_base"),
+        powered("t2").base,
     ):
         cv.check_keys_and_types(config)
         cv.check_values(config, num_devices=4)
     restart = powered("restart_base")
     assert (restart.data.train_examples, restart.student.epochs) == (10000, 8)
+    t2 = powered("t2")
+    assert (t2.base.student.timesteps, t2.base.eval.timesteps, t2.grid.timesteps) == (2, (2,), (2,))
+    assert (t2.ablation.head_ratios, t2.ablation.weight_temperatures) == ((), ())
     with pytest.raises(ValueError, match="argument must be one of"):
         powered("restart_grid")
     # A best checkpoint may be selected on held-out training images.

@@ -3,7 +3,7 @@ metrics or hold-out accuracies, never the test split:
 
   python results/cifar10_powered/protocol.py choose-lr WORKDIR [OUT]   # tuning.{json,md}
   python results/cifar10_powered/protocol.py head-ratio WORKDIR [OUT]  # head_ratio.json
-  python results/cifar10_powered/protocol.py spread WORKDIR            # the 4-seed check
+  python results/cifar10_powered/protocol.py spread WORKDIR [T=1]      # the 4-seed check
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -79,15 +79,18 @@ def head_ratio(workdir: str, out: str = HERE) -> None:
     print(json.dumps(result, indent=2))
 
 
-def spread(workdir: str) -> None:
-    """Paired HTA-KL - FKL test-accuracy differences at seeds 0-3: their spread and interval."""
+def spread(workdir: str, timesteps: str = "1") -> None:
+    """Paired HTA-KL - FKL test-accuracy differences at seeds 0-3 of the students trained (and
+    evaluated) at `timesteps`: their spread and interval."""
     diffs = []
     for seed in FIRST_SEEDS:
         acc = {}
         for method in ("fkl", "hta_kl"):
-            path = os.path.join(workdir, "cells", f"{method}_T1_s{seed}", runs.RESULTS_FILE)
+            path = os.path.join(
+                workdir, "cells", f"{method}_T{timesteps}_s{seed}", runs.RESULTS_FILE
+            )
             with open(path) as f:
-                acc[method] = json.load(f)["student_accuracy"]["1"]
+                acc[method] = json.load(f)["student_accuracy"][timesteps]
         diffs.append(100 * (acc["hta_kl"] - acc["fkl"]))
     s = stats.paired_stats(diffs)
     print(f"paired differences (pp): {np.round(diffs, 2).tolist()}")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
-#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart] [TEACHER]
-# The restart reuses the first protocol's finished teacher (same config): TEACHER, by default
-# runs/powered/teacher, is linked into WORKDIR when WORKDIR has none.
+#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart|t2] [TEACHER]
+# The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
+# default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none. t2 has no tuning
+# runs (the learning rate of both earlier tunings) and no ablation arms.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
@@ -11,10 +12,11 @@ protocol=${2:-first}
 here=results/cifar10_powered
 case "$protocol" in
   first) grid=configs/powered.py:grid; base=configs/powered.py:base; out=$here
-         lrs="0.05 0.1 0.2 0.4" ;;
+         lrs="0.05 0.1 0.2 0.4"; timesteps=1 ;;
   restart) grid=configs/powered.py:restart; base=configs/powered.py:restart_base; out=$here/restart
-           lrs="0.025 0.05 0.1" ;;
-  *) echo "error: PROTOCOL must be first or restart, got '$protocol'" >&2; exit 1 ;;
+           lrs="0.025 0.05 0.1"; timesteps=1 ;;
+  t2) grid=configs/powered.py:t2; base=configs/powered.py:t2_base; out=$here/t2; lrs=""; timesteps=2 ;;
+  *) echo "error: PROTOCOL must be first, restart or t2, got '$protocol'" >&2; exit 1 ;;
 esac
 mkdir -p "$work" "$out"
 teacher="$(realpath -m "$work")/teacher"
@@ -22,13 +24,13 @@ finished() { python -c "import sys; from htakl_jax import runs; sys.exit(not run
 
 # 1. The teacher: 49,000 training images (all but the 1,000-image hold-out).
 given=${3:-runs/powered/teacher}
-if [ "$protocol" = restart ] && [ ! -e "$teacher" ] && finished "$given"; then
+if [ "$protocol" != first ] && [ ! -e "$teacher" ] && finished "$given"; then
   ln -s "$(realpath "$given")" "$teacher"
 fi
 finished "$teacher" || python -m htakl_jax.main --config "$base" --mode teacher --workdir "$work"
 
 # 2. The student learning rate: FKL, seed 0, scored on the hold-out (never the test split).
-if [ ! -f "$out/tuning.json" ]; then
+if [ -n "$lrs" ] && [ ! -f "$out/tuning.json" ]; then
   for lr in $lrs; do
     tune="$work/tune/lr$lr"
     [ -f "$tune/results.json" ] && continue
@@ -43,10 +45,10 @@ fi
 #    the spread is above 2 points).
 python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
   "--config.grid.seeds=(0,1,2,3)" "--config.ablation.weight_temperatures=()"
-python "$here/protocol.py" spread "$work"
+python "$here/protocol.py" spread "$work" "$timesteps"
 
 # 4. The fixed ratio r: HTA-KL's mean head weight over training at seeds 0-3.
-[ -f "$out/head_ratio.json" ] || python "$here/protocol.py" head-ratio "$work" "$out"
+[ -n "$lrs" ] && [ ! -f "$out/head_ratio.json" ] && python "$here/protocol.py" head-ratio "$work" "$out"
 
 # 5. Every arm: FKL and HTA-KL at seeds 4-7, HTA-KL (weights at tau = 1) and the fixed ratio at
 #    seeds 0-3; then the per-cell analysis (endpoints, firing, energy) and the tables.
