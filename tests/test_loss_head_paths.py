@@ -103,6 +103,28 @@ def test_threshold_path_matches_sort_and_float64_reference(num_classes: int) -> 
             _check_threshold_path(p, q, mu, f"{kind} C={num_classes} mu={mu}")
 
 
+@jax.jit
+def _threshold_weight_with_log_p(p, q, log_p):
+    return head_set.head_tail_from_probs(p, q, 0.5, path="threshold", log_p=log_p)[0]
+
+
+def test_a_given_log_p_only_places_the_first_probes() -> None:
+    """The teacher's log-probabilities passed in (exact, -inf on masked classes, or wrong: they
+    only place the first probes) leave the weights at the float64 reference's."""
+    rng = np.random.default_rng(3)
+    for kind in ("random", "zipf", "flat", "masked"):
+        p, q = _probs(kind, (4, 1500), seed=4)
+        low, high = _ref_weight_range(p, q, 0.5)
+        for name, log_p in (
+            ("exact", jnp.log(p)),
+            ("zeros", jnp.zeros_like(p)),
+            ("noise", jnp.asarray(10 * rng.standard_normal(p.shape), jnp.float32)),
+        ):
+            w_head = np.asarray(_threshold_weight_with_log_p(p, q, log_p), np.float64)
+            label = f"{kind}, log_p {name}"
+            assert np.all(w_head >= low - ATOL) and np.all(w_head <= high + ATOL), label
+
+
 def test_threshold_path_with_ungrouped_candidates() -> None:
     # A prime class count has no divisor to group the candidates by: plain lax.top_k.
     assert head_set.group_width(1031, head_set.CANDIDATES) == 1
@@ -188,7 +210,7 @@ def test_tie_branch_only_for_rows_that_need_it_and_never_for_padding() -> None:
 def test_auto_uses_the_threshold_path_above_the_sort_limit(monkeypatch) -> None:
     calls = []
 
-    def spy(p, q, mu, valid=None):
+    def spy(p, q, mu, valid=None, log_p=None):
         calls.append(p.shape[-1])
         return jnp.zeros(p.shape[:-1])
 

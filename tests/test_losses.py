@@ -440,7 +440,8 @@ def test_large_vocab_where_with_long_head_in_padding():
 
 
 def test_row_block_sizes():
-    assert losses.row_block_size(4096, 32000) == 64  # 64 rows x 32000 classes ~ BLOCK_ELEMENTS
+    assert losses.row_block_size(4096, 32000) == 8  # 8 rows x 32000 classes ~ BLOCK_ELEMENTS
+    assert losses.row_block_size(4096, 32000, block_elements=1 << 21) == 64
     assert losses.row_block_size(4099, 32000) is None  # prime: no divisor near the target
     assert losses.row_block_size(128, 100) is None  # small: one block
     assert losses.row_block_size(3, 3_000_000) == 1  # one row already exceeds the target
@@ -464,7 +465,7 @@ def test_auto_row_blocks_above_the_size_on_cpu():
         jaxpr = jax.make_jaxpr(lambda s, t: losses.hta_kl(s, t, row_block=row_block))(x, x)
         return [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
 
-    assert blocks((4096, 32000), "auto") == [4096 // 64]
+    assert blocks((4096, 32000), "auto") == [4096 // 8]
     assert blocks((4096, 32000), None) == [] and blocks((128, 100), "auto") == []
 
 

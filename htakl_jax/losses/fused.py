@@ -53,12 +53,13 @@ Array = jax.Array
 FUSED_METHODS = ("fkl", "rkl", "symmetric", "fixed_ratio", "hta_kl")
 REDUCTIONS = ("none", "sum", "mean")
 # "auto" chunks (`chunk_rows_for`): the largest power of two of rows whose [rows, V] logits hold at
-# most this many elements. On the CPU backend kd's row-block size (2M elements, 8 MiB in float32;
-# V = 32000: 64 rows), with which the fused gradient's temporaries at [4096 x 512] @ [512, 32000]
-# are under 7% of the unfused ones (benchmarks/fused_memory.py). Elsewhere 16M elements and at
+# most this many elements. On the CPU backend 2M elements (8 MiB in float32; V = 32000: 64 rows),
+# with which the fused gradient's temporaries at [4096 x 512] @ [512, 32000] are under 7% of the
+# unfused ones (benchmarks/fused_memory.py); kd's row blocks are smaller (1 MiB), but each chunk
+# here also runs a matmul, which wants rows. Elsewhere 16M elements and at
 # least ACCELERATOR_MIN_ROWS rows: every chunk's matmul reads the whole projection, so a GPU needs
 # a few hundred rows per chunk to stay compute-bound (not measured yet).
-CPU_CHUNK_ELEMENTS = kd.BLOCK_ELEMENTS
+CPU_CHUNK_ELEMENTS = 1 << 21
 CHUNK_ELEMENTS = 1 << 24
 ACCELERATOR_MIN_ROWS = 256
 # The fixed-weight methods as their FKL weight r (loss r * FKL + (1 - r) * RKL), as in kd.

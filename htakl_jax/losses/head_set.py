@@ -153,19 +153,26 @@ def _below(p: Array, hi: Array) -> Array:
 # ----- threshold path: the search
 
 
-def _first_guess(p: Array, total: Array, mu: Any) -> tuple[Array, Array]:
+def _first_guess(p: Array, total: Array, mu: Any, log_p: Array | None) -> tuple[Array, Array]:
     """Threshold guess [R] and first-pass probe spacing [R] (in bit patterns), from one pass.
 
     Treats log p, weighted by p, as normal (exact for softmax of normal logits): the head ends
     at log t = m + s * Phi^-1(1 - mu) with m, s the weighted mean and deviation, and about
-    total * phi / (s * t) classes lie per unit of log p there.
+    total * phi / (s * t) classes lie per unit of log p there. `log_p` [R, C], when given (e.g.
+    t / tau - logsumexp from the logits), replaces a logarithm per class; any value works, as
+    the guess only places the probes.
     """
     _, floor = _exact_scale(p.dtype)
-    log_p = jnp.log(jnp.maximum(p, floor))
-    # A second, differently clamped log keeps XLA from fusing both sums into one multi-output
-    # loop, which XLA:CPU runs several times slower than two separate vectorised reductions.
-    log_p2 = jnp.log(jnp.maximum(p, 2 * floor))
-    mean = jnp.sum(p * log_p, axis=-1) / total
+    # Two differently clamped copies keep XLA from fusing both sums into one multi-output loop,
+    # which XLA:CPU runs several times slower than two separate vectorised reductions.
+    if log_p is None:
+        log_p1 = jnp.log(jnp.maximum(p, floor))
+        log_p2 = jnp.log(jnp.maximum(p, 2 * floor))
+    else:
+        log_floor = float(np.log(floor))
+        log_p1 = jnp.maximum(log_p, log_floor)
+        log_p2 = jnp.maximum(log_p, log_floor + float(np.log(2.0)))
+    mean = jnp.sum(p * log_p1, axis=-1) / total
     var = jnp.sum(p * log_p2 * log_p2, axis=-1) / total - mean * mean
     std = jnp.sqrt(jnp.maximum(var, 0.0))
     z = ndtri(jnp.clip(1.0 - mu, 1e-6, 1.0 - 1e-6)).astype(p.dtype)
@@ -274,21 +281,22 @@ def _refine_quarter(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
     return refine_open_rows(max(1, p.shape[0] // 4), p, total, mu, bracket)
 
 
-def first_pass(p: Array, total: Array, mu: Any, done: Array) -> tuple:
-    """The bracket (lo, hi, s_lo, s_hi, done) [R] after the first pass (rows p [R, C])."""
+def first_pass(p: Array, total: Array, mu: Any, done: Array, log_p: Array | None = None) -> tuple:
+    """The bracket (lo, hi, s_lo, s_hi, done) [R] after the first pass (rows p [R, C]; `log_p`
+    as in `_first_guess`)."""
     _, floor = _exact_scale(p.dtype)
     # Classes below t hold less than C * t mass, so S(t) > mu * total below this bound; p <= 1.
     lo0 = jnp.maximum(0.9 * (1.0 - jnp.minimum(mu, 1.0)) * total / p.shape[-1], floor)
     lo, hi = _to_bits(lo0.astype(p.dtype)), _to_bits(jnp.ones_like(total)) + 1
-    guess, spacing = _first_guess(p, total, mu)
+    guess, spacing = _first_guess(p, total, mu, log_p)
     centre = jnp.maximum(_to_bits(guess) - lo, 0).astype(p.dtype)
     probes = _place_probes(lo, hi, centre, spacing, _FIRST_PROBES)
     return _search_pass(p, total, mu, probes, (lo, hi, total, jnp.zeros_like(total), done))
 
 
-def _search_threshold(p: Array, total: Array, mu: Any, done: Array) -> tuple:
+def _search_threshold(p: Array, total: Array, mu: Any, done: Array, log_p: Array | None) -> tuple:
     """(lo, hi, s_lo, s_hi) bit patterns and sums [R] of the final brackets (rows [R, C])."""
-    bracket = first_pass(p, total, mu, done)
+    bracket = first_pass(p, total, mu, done, log_p)
     mu = jnp.asarray(mu, p.dtype)
     # Later passes on the open rows only, gathered, when they are few: the first pass usually
     # settles nearly all rows, so these cost a fraction of a pass over the batch.
@@ -377,7 +385,9 @@ def _sort_gap_branch(g_head: Array, p: Array, q: Array, mu: Any, redo: Array) ->
     return jnp.where(redo, head_gap_sorted(p, q, mu), g_head)
 
 
-def head_gap_threshold_parts(p: Array, q: Array, mu: Any, valid: Array | None) -> tuple:
+def head_gap_threshold_parts(
+    p: Array, q: Array, mu: Any, valid: Array | None, log_p: Array | None = None
+) -> tuple:
     """The threshold path on rows [R, C] without its slow branches: (g_head, ends, tie, rest).
 
     g_head [R] is final except on rows `tie` [R] (the head ends inside a tie group that the
@@ -388,7 +398,7 @@ def head_gap_threshold_parts(p: Array, q: Array, mu: Any, valid: Array | None) -
     closed = jnp.broadcast_to(jnp.asarray(mu >= 1), total.shape)  # mu >= 1: every class is head
     if valid is not None:
         closed = closed | ~valid
-    lo, hi, _, s_hi = _search_threshold(p, total, mu, closed)
+    lo, hi, _, s_hi = _search_threshold(p, total, mu, closed, log_p)
     cand, idx = _top_below(p, hi, min(CANDIDATES, p.shape[-1]))
     member = cand > 0
     cand = jnp.where(member, cand, 0.0)
@@ -418,7 +428,9 @@ def head_gap_threshold_parts(p: Array, q: Array, mu: Any, valid: Array | None) -
     return g_head, (v, s_above, g_above, total), tie, rest
 
 
-def head_gap_threshold(p: Array, q: Array, mu: Any, valid: Array | None = None) -> Array:
+def head_gap_threshold(
+    p: Array, q: Array, mu: Any, valid: Array | None = None, log_p: Array | None = None
+) -> Array:
     """Summed |p - q| over the head by a threshold search, [..., C] -> [...], no sort.
 
     The head is a rank prefix, and {p >= t} is a rank prefix for every threshold t, so with
@@ -430,14 +442,17 @@ def head_gap_threshold(p: Array, q: Array, mu: Any, valid: Array | None = None) 
     the sort does), then complete the head by their cumulative mass after S(hi). Rows where the
     head ends in a tie group the candidates may not cover (e.g. all-equal logits) are counted in
     a lax.cond branch, anything else unsettled (rounding at the stopping test, NaN) is sorted.
-    Rows outside `valid` never take a branch. Equal to `head_gap_sorted` up to the rounding of
+    Rows outside `valid` never take a branch. `log_p` [..., C] (optional, any values) only
+    places the first probes: see `_first_guess`. Equal to `head_gap_sorted` up to the rounding of
     the cumulative sums.
     """
     lead, num_classes = p.shape[:-1], p.shape[-1]
     p, q = p.reshape(-1, num_classes), q.reshape(-1, num_classes)
+    if log_p is not None:
+        log_p = log_p.reshape(-1, num_classes)
     if valid is not None:
         valid = jnp.asarray(valid, bool).reshape(-1)
-    g_head, ends, tie, rest = head_gap_threshold_parts(p, q, mu, valid)
+    g_head, ends, tie, rest = head_gap_threshold_parts(p, q, mu, valid, log_p)
     # Module-level branches with explicit operands, so eager calls hit the compilation cache.
     g_head = jax.lax.cond(jnp.any(tie), _tie_gap_branch, _keep_gap, g_head, p, q, mu, ends, tie)
     g_head = jax.lax.cond(jnp.any(rest), _sort_gap_branch, _keep_gap, g_head, p, q, mu, rest)
@@ -445,14 +460,21 @@ def head_gap_threshold(p: Array, q: Array, mu: Any, valid: Array | None = None) 
 
 
 def head_tail_from_probs(
-    p: Array, q: Array, mu: Any, valid: Array | None = None, path: str = "auto"
+    p: Array,
+    q: Array,
+    mu: Any,
+    valid: Array | None = None,
+    path: str = "auto",
+    log_p: Array | None = None,
 ) -> tuple[Array, Array]:
     """HTA-KL weights (w_head, w_tail) from teacher probs p and student probs q, [..., C] ->
     ([...], [...]); call it on gradient-free inputs.
 
     `path` (one of PATHS) picks how the head set is found, all exact (see the module docstring):
     "auto" sorts for C <= SORT_MAX_CLASSES and searches a threshold above. `valid` [...] marks
-    rows whose weights matter; padded rows never trigger a slow branch.
+    rows whose weights matter; padded rows never trigger a slow branch. `log_p` [..., C], the
+    teacher's log-probabilities where the caller has them (from the logits: no logarithm per
+    class), speeds up the threshold path's first guess and changes no result.
     """
     if path not in PATHS:
         raise ValueError(f"unknown head-set path {path!r}; expected one of {PATHS}")
@@ -462,7 +484,7 @@ def head_tail_from_probs(
     if path == "sort":
         g_head = head_gap_sorted(p, q, mu)
     elif path == "threshold":
-        g_head = head_gap_threshold(p, q, mu, valid)
+        g_head = head_gap_threshold(p, q, mu, valid, log_p)
     else:
         g_head, exact = head_gap_top_k(p, q, mu, min(num_classes, TOP_K))
         if valid is not None:

@@ -303,13 +303,16 @@ def head_tail_weights(
 
 
 # Row blocks: above 2 * BLOCK_ELEMENTS elements per input, HTA-KL on the CPU backend runs over
-# blocks of about BLOCK_ELEMENTS elements (whole rows) with lax.map. Its threshold search, weights
-# and KL pair keep about eight [rows, C] temporaries; per block they stay small (at [4096, 32000]:
-# 71 MiB of temporaries instead of 4 GiB), and XLA:CPU, which allocates and page-faults its
-# temporary buffer afresh at every call, ran the gradient 1.45-1.7x faster. Not the default on
-# other backends: there a loop of blocks adds per-block kernel launches and loop-condition round
-# trips, and it has not been measured (pass `row_block` to choose).
-BLOCK_ELEMENTS = 1 << 21
+# blocks of about BLOCK_ELEMENTS elements (whole rows; 1 MiB per float32 block) with lax.map. Its
+# threshold search, weights and KL pair make about twenty passes over about eight [rows, C]
+# temporaries; per block those stay in the cache (8 rows at 32000 classes: 8 MiB of temporaries,
+# against 4 GiB for [4096, 32000] at once), and XLA:CPU, which allocates and page-faults its
+# temporary buffer afresh at every call, no longer touches fresh memory. At [4096, 32000] the
+# gradient ran 1.5-1.7x faster with blocks of 64 rows than at once, and blocks of 8 rows were
+# faster again (benchmarks/loss.py; README "Performance"). Not the default on other backends:
+# there a loop of blocks adds per-block kernel launches and loop-condition round trips, and it
+# has not been measured (pass `row_block` to choose).
+BLOCK_ELEMENTS = 1 << 18
 
 
 def row_block_size(
@@ -389,16 +392,18 @@ def _hta_kl_rows(
 ) -> tuple[Array, Array]:
     """`hta_kl_with_weight` on all rows at once."""
     s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
+    s_w, t_w = jax.lax.stop_gradient((s, t))
     if weight_temperature is None:
         # p and q from the same log-normalisers as the KL pair, so XLA computes them once.
-        q, p, _ = _kl_terms(*jax.lax.stop_gradient((s, t)), tau, *lse)
+        tau_w, lse_w = tau, lse
     else:
         tau_w = jnp.asarray(weight_temperature, s.dtype)
-        s_w, t_w = jax.lax.stop_gradient((s, t))
-        q, p, _ = _kl_terms(s_w, t_w, tau_w, *_log_normalizers(s_w, t_w, tau_w))
+        lse_w = _log_normalizers(s_w, t_w, tau_w)
+    q, p, _ = _kl_terms(s_w, t_w, tau_w, *lse_w)
+    log_p = t_w / tau_w - lse_w[1]  # for the search's first guess: no logarithm per class
     # No gradient through the weights, the temperature's included (it also sets p and q).
     w_head, w_tail = jax.lax.stop_gradient(
-        head_set.head_tail_from_probs(p, q, mu, valid=where, path=path)
+        head_set.head_tail_from_probs(p, q, mu, valid=where, path=path, log_p=log_p)
     )
     return _apply_where(_kl_pair_scaled(s, t, w_head, w_tail, tau, lse), where), w_head
 
@@ -427,8 +432,8 @@ def hta_kl(
     - `path`: how the head set is found (:data:`htakl_jax.losses.head_set.PATHS`; "auto" sorts up
       to 1024 classes and searches a threshold above).
     - `row_block`: rows per `lax.map` block (must divide the number of rows), None for all rows
-      at once, or "auto": blocks of about 2M elements on the CPU backend above 4M elements per
-      input (`row_block_size`), all rows at once elsewhere.
+      at once, or "auto": blocks of about BLOCK_ELEMENTS (262,144) elements on the CPU backend
+      above twice that per input (`row_block_size`), all rows at once elsewhere.
     """
     return hta_kl_with_weight(
         student_logits,
