@@ -21,6 +21,13 @@ a CE timed beside it. ``top-k settled`` is the fraction of rows the top-k candid
 (1.0: no sort fallback).
 
   python benchmarks/loss.py --out loss.json
+
+``--goal`` instead times issue 19's goal matrix (HTA-KL gradient <= 3x softmax CE): logits
+``[--big-rows, 32000]``, student logits N(0, 4), teacher logits N(0, 9) (``random``) or the
+``peaked`` / ``flat`` teachers, at temperatures 1 and 4; HTA-KL with its defaults, forward KL and
+CE only, each ratio against the CE timed beside it.
+
+  python benchmarks/loss.py --goal --repeats 7 --out loss_goal.json
 """
 
 from __future__ import annotations
@@ -152,6 +159,50 @@ def bench_case(rows, classes, temperature, kind, repeats, slow_repeats, torch) -
     return row
 
 
+GOAL_TEACHERS = ("random", "peaked", "flat")
+GOAL_TEMPERATURES = (1.0, 4.0)
+GOAL_RATIO = 3.0
+
+
+def goal_case(rows: int, temperature: float, kind: str, repeats: int) -> dict:
+    """One cell of issue 19's goal matrix: CE, HTA-KL (defaults) and FKL gradients, timed."""
+    rng = np.random.default_rng(0)
+    t_np = teacher_logits(kind, rows, 32000, rng)
+    if kind == "random":
+        t_np = 3.0 * t_np  # N(0, 9), as the issue's measurement
+    s_np = 2.0 * rng.standard_normal(t_np.shape, dtype=np.float32)  # N(0, 4)
+    labels_np = rng.integers(0, 32000, rows).astype(np.int32)
+    s, t, labels = jnp.asarray(s_np), jnp.asarray(t_np), jnp.asarray(labels_np)
+
+    def timed(loss, *args):
+        grad = jax.jit(jax.grad(lambda s_, *a: jnp.mean(loss(s_, *a))))
+        return lambda: jax.block_until_ready(grad(s, *args))
+
+    fns = {
+        "ce": timed(lambda s_, y: losses.cross_entropy(s_, y), labels),
+        "hta_kl": timed(lambda s_, t_: losses.hta_kl(s_, t_, temperature=temperature), t),
+        "fkl": timed(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), t),
+    }
+    times = time_interleaved(fns, repeats=repeats)
+    row = {"shape": f"[{rows}, 32000]", "teacher": kind, "tau": temperature}
+    row |= {f"{k} ms": 1e3 * v for k, v in times.items()}
+    row |= {f"{k} / ce": v / times["ce"] for k, v in times.items() if k != "ce"}
+    row["met"] = "yes" if row["hta_kl / ce"] <= GOAL_RATIO else "no"
+    return row
+
+
+def run_goal(args: argparse.Namespace) -> None:
+    rows = [
+        goal_case(args.big_rows, tau, kind, args.repeats)
+        for kind in GOAL_TEACHERS
+        for tau in GOAL_TEMPERATURES
+    ]
+    print(f"device={jax.devices()[0].device_kind} float32; grad w.r.t. student; goal <= 3x CE")
+    columns = ["shape", "teacher", "tau", "ce ms", "hta_kl ms", "hta_kl / ce", "fkl / ce", "met"]
+    print_table(rows, columns)
+    write_json(args.out, {"benchmark": "loss_goal", "rows": rows, "args": vars(args)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big-rows", type=int, default=4096, help="rows at 32000 classes")
@@ -159,7 +210,11 @@ def main() -> None:
     parser.add_argument("--slow-repeats", type=int, default=2, help="repeats, sort-based")
     parser.add_argument("--no-peer", action="store_true", help="skip the PyTorch port")
     parser.add_argument("--out", default=None, help="write results as JSON here")
+    parser.add_argument("--goal", action="store_true", help="issue 19's goal matrix only")
     args = parser.parse_args()
+    if args.goal:
+        run_goal(args)
+        return
     torch = None
     if not args.no_peer:
         try:

@@ -6,6 +6,7 @@ stable sort, so that they share no code (and no vectorisation tricks) with the i
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -495,6 +496,38 @@ def test_row_blocks_match_one_block_and_reference():
     expected = w_head * ref_fkl(s[where], t[where], 2.0) + w_tail * ref_rkl(s[where], t[where], 2.0)
     _assert_close(kl[where], expected)
     assert np.all(kl[~where] == 0.0)
+
+
+@pytest.mark.parametrize("method", ["fkl", "rkl", "symmetric", "fixed_ratio"])
+def test_fixed_weight_losses_by_row_blocks_match_one_block(method):
+    """The fixed-weight losses by row blocks give the one-block values and gradients (student,
+    teacher, temperature), and the float64 reference."""
+    s, t = make_inputs("random", (4, 6, 50), seed=12)
+    where = np.ones((4, 6), bool)
+    where[2, :3] = False
+    ratio = {"fkl": 1.0, "rkl": 0.0, "symmetric": 0.5, "fixed_ratio": 0.3}[method]
+    fn = {
+        "fkl": losses.forward_kl,
+        "rkl": losses.reverse_kl,
+        "symmetric": losses.symmetric_kl,
+        "fixed_ratio": functools.partial(losses.fixed_ratio_kl, head_ratio=0.3),
+    }[method]
+
+    def run(row_block):
+        def loss(s, t, tau):
+            values = fn(s, t, temperature=tau, where=where, row_block=row_block)
+            return jnp.sum(values), values
+
+        grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+        (_, values), grads = grad_fn(s, t, 2.0)
+        return jax.tree.map(np.asarray, (values, grads))
+
+    one, blocked = run(None), run(3)  # 8 blocks of 3 rows
+    chex.assert_trees_all_close(blocked, one, rtol=1e-5, atol=1e-9)
+    sv, tv = s[where], t[where]
+    expected = ratio * ref_fkl(sv, tv, 2.0) + (1 - ratio) * ref_rkl(sv, tv, 2.0)
+    _assert_close(blocked[0][where], expected)
+    assert np.all(blocked[0][~where] == 0.0)
 
 
 # ----------------------------------------------------------------------------------------------

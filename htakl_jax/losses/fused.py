@@ -149,7 +149,7 @@ def _chunk_kd(
         ratio = w_head
     else:
         ratio = h["head_ratio"] if spec.method == "fixed_ratio" else _FIXED_RATIOS[spec.method]
-    values = kd.fixed_ratio_kl(s, t, head_ratio=ratio, temperature=tau, where=valid)
+    values = kd.fixed_ratio_kl(s, t, head_ratio=ratio, temperature=tau, where=valid, row_block=None)
     return values, jnp.broadcast_to(jnp.asarray(ratio, values.dtype), values.shape)
 
 

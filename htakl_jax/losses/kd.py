@@ -195,10 +195,40 @@ def _weighted_kl(
     w_rkl: Any,
     temperature: Any,
     where: Array | None,
+    row_block: int | str | None = "auto",
 ) -> Array:
-    """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 on rows outside `where`; [...]."""
-    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
-    return _apply_where(_kl_pair_scaled(s, t, w_fkl, w_rkl, tau, lse), where)
+    """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 on rows outside `where`; [...].
+
+    `row_block` as in :func:`hta_kl` ("auto": row blocks on the CPU backend for large inputs).
+    """
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+
+    def rows(s: Array, t: Array, where_rows: Array | None) -> Array:
+        s, t, tau, lse = _normalized(s, t, temperature, where_rows)
+        return _apply_where(_kl_pair_scaled(s, t, w_fkl, w_rkl, tau, lse), where_rows)
+
+    shape = jnp.shape(teacher_logits)
+    block = _resolve_row_block(row_block, math.prod(shape[:-1]), shape[-1])
+    return _over_row_blocks(rows, block, student_logits, teacher_logits, where)
+
+
+def _over_row_blocks(
+    rows: Any, block: int | None, student_logits: Array, teacher_logits: Array, where: Any
+) -> Any:
+    """rows(s, t, where) -> per-row arrays [...] (a pytree), over blocks of `block` rows by
+    lax.map (None: all rows at once). Each block keeps its temporaries small (BLOCK_ELEMENTS)."""
+    if block is None:
+        return rows(student_logits, teacher_logits, where)
+    lead = jnp.shape(teacher_logits)[:-1]
+    num_rows = math.prod(lead)
+
+    def blocks(x: Array) -> Array:
+        return jnp.reshape(x, (num_rows // block, block) + jnp.shape(x)[len(lead) :])
+
+    where_blocks = None if where is None else blocks(jnp.asarray(where, bool))
+    operands = (blocks(student_logits), blocks(teacher_logits), where_blocks)
+    out = jax.lax.map(lambda ops: rows(*ops), operands)
+    return jax.tree.map(lambda x: x.reshape(lead), out)
 
 
 def _normalized(
@@ -232,9 +262,10 @@ def forward_kl(
     *,
     temperature: float = 1.0,
     where: Array | None = None,
+    row_block: int | str | None = "auto",
 ) -> Array:
     """Standard KD: tau^2 * KL(p_teacher || q_student) per example. [..., C] -> [...]."""
-    return _weighted_kl(student_logits, teacher_logits, 1.0, 0.0, temperature, where)
+    return _weighted_kl(student_logits, teacher_logits, 1.0, 0.0, temperature, where, row_block)
 
 
 def reverse_kl(
@@ -243,9 +274,10 @@ def reverse_kl(
     *,
     temperature: float = 1.0,
     where: Array | None = None,
+    row_block: int | str | None = "auto",
 ) -> Array:
     """Reverse KD: tau^2 * KL(q_student || p_teacher) per example. [..., C] -> [...]."""
-    return _weighted_kl(student_logits, teacher_logits, 0.0, 1.0, temperature, where)
+    return _weighted_kl(student_logits, teacher_logits, 0.0, 1.0, temperature, where, row_block)
 
 
 def symmetric_kl(
@@ -254,10 +286,16 @@ def symmetric_kl(
     *,
     temperature: float = 1.0,
     where: Array | None = None,
+    row_block: int | str | None = "auto",
 ) -> Array:
     """(FKL + RKL) / 2 per example. [..., C] -> [...]."""
     return fixed_ratio_kl(
-        student_logits, teacher_logits, head_ratio=0.5, temperature=temperature, where=where
+        student_logits,
+        teacher_logits,
+        head_ratio=0.5,
+        temperature=temperature,
+        where=where,
+        row_block=row_block,
     )
 
 
@@ -268,11 +306,15 @@ def fixed_ratio_kl(
     head_ratio: float,
     temperature: float = 1.0,
     where: Array | None = None,
+    row_block: int | str | None = "auto",
 ) -> Array:
-    """Ablation with constant weights: r * FKL + (1 - r) * RKL per example. [..., C] -> [...]."""
+    """Ablation with constant weights: r * FKL + (1 - r) * RKL per example. [..., C] -> [...].
+
+    `row_block`, here and in the other fixed-weight losses, as in :func:`hta_kl`.
+    """
     _check_head_ratio(head_ratio)
     return _weighted_kl(
-        student_logits, teacher_logits, head_ratio, 1.0 - head_ratio, temperature, where
+        student_logits, teacher_logits, head_ratio, 1.0 - head_ratio, temperature, where, row_block
     )
 
 
@@ -302,10 +344,10 @@ def head_tail_weights(
     return jax.lax.stop_gradient(head_set.head_tail_from_probs(p, q, mu, path=path))
 
 
-# Row blocks: above 2 * BLOCK_ELEMENTS elements per input, HTA-KL on the CPU backend runs over
-# blocks of about BLOCK_ELEMENTS elements (whole rows; 1 MiB per float32 block) with lax.map. Its
-# threshold search, weights and KL pair make about twenty passes over about eight [rows, C]
-# temporaries; per block those stay in the cache (8 rows at 32000 classes: 8 MiB of temporaries,
+# Row blocks: above 2 * BLOCK_ELEMENTS elements per input, every KD loss on the CPU backend runs
+# over blocks of about BLOCK_ELEMENTS elements (whole rows; 1 MiB per float32 block) with lax.map.
+# HTA-KL's threshold search, weights and KL pair make about twenty passes over about eight
+# [rows, C] temporaries (the KL pair alone a few); per block those stay in the cache (8 rows at 32000 classes: 8 MiB of temporaries,
 # against 4 GiB for [4096, 32000] at once), and XLA:CPU, which allocates and page-faults its
 # temporary buffer afresh at every call, no longer touches fresh memory. At [4096, 32000] the
 # gradient ran 1.5-1.7x faster with blocks of 64 rows than at once, and blocks of 8 rows were
@@ -360,32 +402,24 @@ def hta_kl_with_weight(
     _check_kd_inputs(student_logits, teacher_logits, temperature, where)
     if weight_temperature is not None:
         _check_temperature(weight_temperature)
-    rows = functools.partial(_hta_kl_rows, mu=mu, path=path, weight_temperature=weight_temperature)
-    lead, num_classes = jnp.shape(teacher_logits)[:-1], jnp.shape(teacher_logits)[-1]
-    num_rows = math.prod(lead)
-    block = _resolve_row_block(row_block, num_rows, num_classes)
-    if block is None:
-        return rows(student_logits, teacher_logits, temperature, where)
-
-    def blocks(x: Array) -> Array:
-        return jnp.reshape(x, (num_rows // block, block) + jnp.shape(x)[len(lead) :])
-
-    def one_block(operands: tuple) -> tuple[Array, Array]:
-        s_block, t_block, where_block = operands
-        return rows(s_block, t_block, temperature, where_block)
-
-    where_blocks = None if where is None else blocks(jnp.asarray(where, bool))
-    operands = (blocks(student_logits), blocks(teacher_logits), where_blocks)
-    kl, w_head = jax.lax.map(one_block, operands)
-    return kl.reshape(lead), w_head.reshape(lead)
+    rows = functools.partial(
+        _hta_kl_rows,
+        temperature=temperature,
+        mu=mu,
+        path=path,
+        weight_temperature=weight_temperature,
+    )
+    shape = jnp.shape(teacher_logits)
+    block = _resolve_row_block(row_block, math.prod(shape[:-1]), shape[-1])
+    return _over_row_blocks(rows, block, student_logits, teacher_logits, where)
 
 
 def _hta_kl_rows(
     student_logits: Array,
     teacher_logits: Array,
-    temperature: Any,
     where: Array | None,
     *,
+    temperature: Any,
     mu: Any,
     path: str,
     weight_temperature: Any,
