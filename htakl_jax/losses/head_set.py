@@ -156,26 +156,31 @@ def _below(p: Array, hi: Array) -> Array:
 def _first_guess(p: Array, total: Array, mu: Any, log_p: Array | None) -> tuple[Array, Array]:
     """Threshold guess [R] and first-pass probe spacing [R] (in bit patterns), from one pass.
 
-    Treats log p, weighted by p, as normal (exact for softmax of normal logits): the head ends
-    at log t = m + s * Phi^-1(1 - mu) with m, s the weighted mean and deviation, and about
-    total * phi / (s * t) classes lie per unit of log p there. `log_p` [R, C], when given (e.g.
-    t / tau - logsumexp from the logits), replaces a logarithm per class; any value works, as
-    the guess only places the probes.
+    Treats log p, weighted by p, as normal (exact for softmax of normal logits) up to its
+    skewness g: the head ends near log t = m + s * z with m, s the weighted mean and deviation
+    and z = Phi^-1(1 - mu) corrected for g by the Cornish-Fisher term (z^2 - 1) * g / 6 (for
+    rank^-a teachers the weighted log p is far from symmetric: at a = 0.375, mu = 0.5, this
+    moves the guess from 0.3 s away to within 0.01 s), and about total * phi(z) / (s * t)
+    classes lie per unit of log p there. `log_p` [R, C], when given (e.g. t / tau - logsumexp
+    from the logits), replaces a logarithm per class; any value works, as the guess only places
+    the probes.
     """
     _, floor = _exact_scale(p.dtype)
-    # Two differently clamped copies keep XLA from fusing both sums into one multi-output loop,
-    # which XLA:CPU runs several times slower than two separate vectorised reductions.
+    # Differently clamped copies keep XLA from fusing the sums into one multi-output loop,
+    # which XLA:CPU runs several times slower than separate vectorised reductions.
     if log_p is None:
-        log_p1 = jnp.log(jnp.maximum(p, floor))
-        log_p2 = jnp.log(jnp.maximum(p, 2 * floor))
-    else:
-        log_floor = float(np.log(floor))
-        log_p1 = jnp.maximum(log_p, log_floor)
-        log_p2 = jnp.maximum(log_p, log_floor + float(np.log(2.0)))
-    mean = jnp.sum(p * log_p1, axis=-1) / total
-    var = jnp.sum(p * log_p2 * log_p2, axis=-1) / total - mean * mean
-    std = jnp.sqrt(jnp.maximum(var, 0.0))
-    z = ndtri(jnp.clip(1.0 - mu, 1e-6, 1.0 - 1e-6)).astype(p.dtype)
+        log_p = jnp.log(jnp.maximum(p, floor))
+    log_floor = float(np.log(floor))
+    x1, x2, x3 = (jnp.maximum(log_p, log_floor + float(np.log(k))) for k in (1.0, 2.0, 3.0))
+    mean = jnp.sum(p * x1, axis=-1) / total
+    var = jnp.maximum(jnp.sum(p * x2 * x2, axis=-1) / total - mean * mean, 0.0)
+    std = jnp.sqrt(var)
+    third = jnp.sum(p * x3 * x3 * x3, axis=-1) / total - 3.0 * mean * var - mean**3
+    # Raw moments cancel in float32 when s << |m|: then (or for any wild value) no correction.
+    trusted = std > 1e-2 * jnp.abs(mean)
+    skew = jnp.where(trusted, jnp.clip(third / jnp.maximum(std, 1e-30) ** 3, -2.0, 2.0), 0.0)
+    z0 = ndtri(jnp.clip(1.0 - mu, 1e-6, 1.0 - 1e-6)).astype(p.dtype)
+    z = z0 + (z0 * z0 - 1.0) * skew / 6.0
     guess = jnp.clip(jnp.exp(mean + std * z), floor, 1.0)
     classes_per_log = total * jnp.exp(-0.5 * z * z) / (np.sqrt(2 * np.pi) * std * guess)
     spacing = jnp.minimum(_FILL * CANDIDATES / 2 / classes_per_log, _MAX_FIRST_SPACING * std)

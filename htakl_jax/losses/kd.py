@@ -347,13 +347,13 @@ def head_tail_weights(
 # Row blocks: above 2 * BLOCK_ELEMENTS elements per input, every KD loss on the CPU backend runs
 # over blocks of about BLOCK_ELEMENTS elements (whole rows; 1 MiB per float32 block) with lax.map.
 # HTA-KL's threshold search, weights and KL pair make about twenty passes over about eight
-# [rows, C] temporaries (the KL pair alone a few); per block those stay in the cache (8 rows at 32000 classes: 8 MiB of temporaries,
-# against 4 GiB for [4096, 32000] at once), and XLA:CPU, which allocates and page-faults its
-# temporary buffer afresh at every call, no longer touches fresh memory. At [4096, 32000] the
-# gradient ran 1.5-1.7x faster with blocks of 64 rows than at once, and blocks of 8 rows were
-# faster again (benchmarks/loss.py; README "Performance"). Not the default on other backends:
-# there a loop of blocks adds per-block kernel launches and loop-condition round trips, and it
-# has not been measured (pass `row_block` to choose).
+# [rows, C] temporaries (the KL pair alone a few); per block those stay in the cache (8 rows at
+# 32000 classes: 8 MiB of temporaries, against 4 GiB for [4096, 32000] at once), and XLA:CPU,
+# which allocates and page-faults its temporary buffer afresh at every call, no longer touches
+# fresh memory. At [4096, 32000] the gradient ran 1.5-1.7x faster with blocks of 64 rows than at
+# once, and blocks of 8 rows were faster again (benchmarks/loss.py; README "Performance"). Not
+# the default on other backends: there a loop of blocks adds per-block kernel launches and
+# loop-condition round trips, and it has not been measured (pass `row_block` to choose).
 BLOCK_ELEMENTS = 1 << 18
 
 
