@@ -531,8 +531,11 @@ def cross_entropy(logits: Array, labels: Array, *, where: Array | None = None) -
             f"{jnp.shape(logits)[:-1]} (logits {jnp.shape(logits)})"
         )
     _check_where(where, jnp.shape(labels))
-    log_q = jax.nn.log_softmax(_mask_logits(logits, where), axis=-1)
-    nll = -jnp.take_along_axis(log_q, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
+    x = _mask_logits(logits, where)
+    # logsumexp - label logit rather than log_softmax: the gradient (softmax - one-hot) then
+    # needs no [..., C] log-probabilities kept from the forward.
+    label_logit = jnp.take_along_axis(x, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(x, axis=-1) - label_logit
     return _apply_where(nll, where)
 
 
