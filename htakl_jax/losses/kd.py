@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -213,7 +214,11 @@ def _weighted_kl(
 
 
 def _over_row_blocks(
-    rows: Any, block: int | None, student_logits: Array, teacher_logits: Array, where: Any
+    rows: Callable[..., Any],
+    block: int | None,
+    student_logits: Array,
+    teacher_logits: Array,
+    where: Array | None,
 ) -> Any:
     """rows(s, t, where) -> per-row arrays [...] (a pytree), over blocks of `block` rows by
     lax.map (None: all rows at once). Each block keeps its temporaries small (BLOCK_ELEMENTS)."""
