@@ -113,23 +113,29 @@ def _torch_fns(torch, s_np, t_np, labels_np, temperature: float) -> dict[str, Ca
     return {"torch port": runner(hta), "torch ce": runner(lambda s: f.cross_entropy(s, labels))}
 
 
+def _timed_grad(loss: Callable, s: jax.Array, *args: jax.Array) -> Callable[[], jax.Array]:
+    """A zero-argument call of the jitted gradient of mean(loss(s, *args)) w.r.t. s; the arrays
+    are jit arguments (closed-over arrays would become constants that XLA folds at compile time)."""
+    grad = jax.jit(jax.grad(lambda s_, *a: jnp.mean(loss(s_, *a))))
+    return lambda: jax.block_until_ready(grad(s, *args))
+
+
 def _jax_fns(s, t, labels, temperature: float) -> dict[str, Callable]:
     """Zero-argument timed calls; the logits are jit arguments (closed-over arrays would become
     constants that XLA folds at compile time)."""
 
-    def timed(loss, *args):
-        grad = jax.jit(jax.grad(lambda s_, *a: jnp.mean(loss(s_, *a))))
-        return lambda: jax.block_until_ready(grad(s, *args))
-
-    fns = {"ce": timed(lambda s_, y: losses.cross_entropy(s_, y), labels)}
+    fns = {"ce": _timed_grad(lambda s_, y: losses.cross_entropy(s_, y), s, labels)}
     for path in PATHS:
-        fns[path] = timed(
+        fns[path] = _timed_grad(
             lambda s_, t_, path=path: losses.hta_kl(
                 s_, t_, temperature=temperature, mu=MU, path=path
             ),
+            s,
             t,
         )
-    fns["fkl"] = timed(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), t)
+    fns["fkl"] = _timed_grad(
+        lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), s, t
+    )
     return fns
 
 
@@ -176,15 +182,11 @@ def goal_case(rows: int, temperature: float, kind: str, repeats: int) -> dict:
     labels_np = rng.integers(0, 32000, rows).astype(np.int32)
     s, t, labels = jnp.asarray(s_np), jnp.asarray(t_np), jnp.asarray(labels_np)
 
-    def timed(loss, *args):
-        grad = jax.jit(jax.grad(lambda s_, *a: jnp.mean(loss(s_, *a))))
-        return lambda: jax.block_until_ready(grad(s, *args))
-
     fns = {
-        "ce": timed(optax.softmax_cross_entropy_with_integer_labels, labels),
-        "ce (ours)": timed(lambda s_, y: losses.cross_entropy(s_, y), labels),
-        "hta_kl": timed(lambda s_, t_: losses.hta_kl(s_, t_, temperature=temperature), t),
-        "fkl": timed(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), t),
+        "ce": _timed_grad(optax.softmax_cross_entropy_with_integer_labels, s, labels),
+        "ce (ours)": _timed_grad(lambda s_, y: losses.cross_entropy(s_, y), s, labels),
+        "hta_kl": _timed_grad(lambda s_, t_: losses.hta_kl(s_, t_, temperature=temperature), s, t),
+        "fkl": _timed_grad(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), s, t),
     }
     times = time_interleaved(fns, repeats=repeats)
     row = {"shape": f"[{rows}, 32000]", "teacher": kind, "tau": temperature}
