@@ -458,16 +458,28 @@ def test_row_block_argument_is_checked():
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' blocks on the CPU backend")
 def test_auto_row_blocks_above_the_size_on_cpu():
-    """'auto' maps over row blocks (a top-level scan, one step per block) only above
-    2 * BLOCK_ELEMENTS elements; None never."""
+    """'auto' maps over row blocks (a scan, one step per block, inside the loss's custom VJP)
+    only above 2 * BLOCK_ELEMENTS elements; None never."""
+
+    def scans(jaxpr):
+        """Lengths of the scans over row blocks [blocks, rows, C] of the logits."""
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan" and any(
+                v.aval.shape[-1:] == (32000,) and v.aval.ndim == 3 for v in eqn.invars
+            ):
+                yield eqn.params["length"]
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    yield from scans(inner)
 
     def blocks(shape, row_block):
         x = jax.ShapeDtypeStruct(shape, jnp.float32)  # traced only: no [4096, 32000] arrays
         jaxpr = jax.make_jaxpr(lambda s, t: losses.hta_kl(s, t, row_block=row_block))(x, x)
-        return [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+        return list(scans(jaxpr.jaxpr))
 
     assert blocks((4096, 32000), "auto") == [4096 // 8]
-    assert blocks((4096, 32000), None) == [] and blocks((128, 100), "auto") == []
+    assert blocks((4096, 32000), None) == [] and blocks((16, 32000), "auto") == []
 
 
 def test_row_blocks_match_one_block_and_reference():
@@ -523,7 +535,10 @@ def test_fixed_weight_losses_by_row_blocks_match_one_block(method):
         return jax.tree.map(np.asarray, (values, grads))
 
     one, blocked = run(None), run(3)  # 8 blocks of 3 rows
-    chex.assert_trees_all_close(blocked, one, rtol=1e-5, atol=1e-9)
+    # The blocks sum each row in another order: the per-row statistics the backward reuses
+    # differ by float32 rounding, which the gradient's -d - KL cancellation lifts to ~2e-8 here
+    # (each is ~1e-6 from the float64 gradient).
+    chex.assert_trees_all_close(blocked, one, rtol=1e-5, atol=1e-7)
     sv, tv = s[where], t[where]
     expected = ratio * ref_fkl(sv, tv, 2.0) + (1 - ratio) * ref_rkl(sv, tv, 2.0)
     _assert_close(blocked[0][where], expected)

@@ -10,7 +10,7 @@ The head set depends only on which classes are heavy, not on their order, so it 
 without sorting. Three paths, all giving the sort's result up to the rounding of cumulative sums:
 - "sort": a full stable sort per row; the reference, and the default up to SORT_MAX_CLASSES.
 - "threshold" (the default above): a search for the probability where the head ends, from a
-  few fused passes over p, then lax.top_k on a reduced set of the classes just below it (see
+  few fused passes over p, then lax.top_k on a reduced set of the classes in the final bracket (see
   :func:`head_gap_threshold`). No sort, whatever the head length.
 - "top_k": lax.top_k(p, TOP_K) candidates; when any valid row's head is longer, the whole
   batch falls back to the sort (the previous default; kept for comparison).
@@ -39,7 +39,7 @@ SORT_MAX_CLASSES = 1024
 # Candidates per row for the top-k path.
 TOP_K = 64
 # Threshold path: the search stops once its bracket holds at most this many classes, and
-# lax.top_k ranks this many classes just below the threshold it ends with.
+# lax.top_k ranks the (at most this many) classes in the bracket it ends with.
 CANDIDATES = 64
 # Bound on search passes; every later pass cuts the bracket (in float bit patterns) at least 3x,
 # so < 2^31 bit patterns take at most 20 passes (64 covers float64). NaN rows may hit the bound.
@@ -114,40 +114,29 @@ def _from_bits(bits: Array, dtype: jnp.dtype) -> Array:
     return jax.lax.bitcast_convert_type(bits, dtype)
 
 
-def _exact_scale(dtype: jnp.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, floor): 1 / smallest normal, and the smallest threshold the search uses.
-
-    For thresholds t >= floor = tiny * 2^(nmant + 2), p - prev(t) is either <= 0 (p < t) or at
-    least tiny (p >= t), so (p - prev(t)) * scale is <= 0 or >= 1: min/max arithmetic then tells
-    the two apart exactly, with or without flush-to-zero.
-    """
+def _floor(dtype: jnp.dtype) -> np.ndarray:
+    """The smallest threshold the search uses: tiny * 2^(nmant + 2), far above the subnormals
+    (whose flush to zero would make p >= t depend on the CPU's mode)."""
     info = jnp.finfo(dtype)
-    scale = np.asarray(1.0 / float(info.tiny), dtype)
-    floor = np.asarray(float(info.tiny) * 2.0 ** (info.nmant + 2), dtype)
-    return scale, floor
+    return np.asarray(float(info.tiny) * 2.0 ** (info.nmant + 2), dtype)
 
 
 def _sum_at_least(p: Array, t_bits: Array, weight: Array) -> Array:
     """sum over classes with p >= t of `weight`, for thresholds [R, J] -> [R, J].
 
-    p [R, C] in [0, 1]; t_bits [R, J] bit patterns of thresholds >= the floor of `_exact_scale`;
-    weight broadcastable to [R, J, C] with 0 <= weight <= 1. Written as
-    clip((p - prev(t)) * scale, 0, weight), which is `weight` when p >= t and 0 otherwise
-    (see `_exact_scale`), because XLA:CPU fuses this min/max form into one vectorised reduction
-    per pass, while a compare-and-select costs several times more.
+    p [R, C]; t_bits [R, J] bit patterns of the thresholds; weight broadcastable to [R, J, C].
+    One fused reduction per pass (XLA:CPU vectorises this compare-and-select; with JAX 0.10 it
+    ran 2x faster than the min/max arithmetic used before).
     """
-    scale, _ = _exact_scale(p.dtype)
-    below_t = _from_bits(t_bits - 1, p.dtype)
-    # (p - prev(t)) * scale, not p * scale - ...: XLA would store the shared p * scale.
-    indicator_ish = (p[:, None, :] - below_t[..., None]) * scale
-    return jnp.sum(jnp.clip(indicator_ish, 0.0, weight), axis=-1)
+    t = _from_bits(t_bits, p.dtype)
+    return jnp.sum(jnp.where(p[:, None, :] >= t[..., None], weight, 0.0), axis=-1)
 
 
-def _below(p: Array, hi: Array) -> Array:
-    """p where p < t, else <= 0, for one threshold per row (bits hi [R]); p [R, ...]."""
-    scale, _ = _exact_scale(p.dtype)
-    t = _from_bits(hi, p.dtype).reshape(hi.shape + (1,) * (p.ndim - 1))
-    return jnp.minimum(p, (t - p) * scale)
+def _within(p: Array, lo: Array, hi: Array) -> Array:
+    """p where lo <= p < hi, else -1, for one bracket per row (bits lo, hi [R]); p [R, ...]."""
+    shape = lo.shape + (1,) * (p.ndim - 1)
+    t_lo, t_hi = (_from_bits(b, p.dtype).reshape(shape) for b in (lo, hi))
+    return jnp.where((p >= t_lo) & (p < t_hi), p, -1.0)
 
 
 # ----- threshold path: the search
@@ -165,7 +154,7 @@ def _first_guess(p: Array, total: Array, mu: Any, log_p: Array | None) -> tuple[
     from the logits), replaces a logarithm per class; any value works, as the guess only places
     the probes.
     """
-    _, floor = _exact_scale(p.dtype)
+    floor = _floor(p.dtype)
     # Differently clamped copies keep XLA from fusing the sums into one multi-output loop,
     # which XLA:CPU runs several times slower than separate vectorised reductions.
     if log_p is None:
@@ -289,7 +278,7 @@ def _refine_quarter(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
 def first_pass(p: Array, total: Array, mu: Any, done: Array, log_p: Array | None = None) -> tuple:
     """The bracket (lo, hi, s_lo, s_hi, done) [R] after the first pass (rows p [R, C]; `log_p`
     as in `_first_guess`)."""
-    _, floor = _exact_scale(p.dtype)
+    floor = _floor(p.dtype)
     # Classes below t hold less than C * t mass, so S(t) > mu * total below this bound; p <= 1.
     lo0 = jnp.maximum(0.9 * (1.0 - jnp.minimum(mu, 1.0)) * total / p.shape[-1], floor)
     lo, hi = _to_bits(lo0.astype(p.dtype)), _to_bits(jnp.ones_like(total)) + 1
@@ -326,26 +315,27 @@ def group_width(num_classes: int, k: int) -> int:
     return best
 
 
-def _top_below(p: Array, hi: Array, k: int) -> tuple[Array, Array]:
-    """The k largest p below the threshold hi (bits [R]) per row: (values, class indices) [R, k].
+def _top_within(p: Array, lo: Array, hi: Array, k: int) -> tuple[Array, Array]:
+    """The k largest p in [lo, hi) (bits [R]) per row: (values, class indices) [R, k].
 
-    Values come in descending order (<= 0 where fewer than k classes lie below hi); among equal
-    values the order, and which ones make the cut at the k-th, are unspecified. lax.top_k on
-    XLA:CPU costs about ten reductions per element, so it runs on a reduced set: split the
-    classes into n = C / w groups {g, g + n, g + 2n, ...}, keep the k groups with the largest
-    maxima, then the k largest of their k * w members. Every class whose value exceeds the k-th
-    largest is kept: else k groups would each hold a larger value.
+    Values come in descending order (-1 where fewer than k classes lie in the bracket); among
+    equal values the order, and which ones make the cut at the k-th, are unspecified.
+    lax.top_k on XLA:CPU costs about ten reductions per element (half that when most entries
+    are the -1 filler), so it runs on a reduced set: split the classes into n = C / w groups
+    {g, g + n, g + 2n, ...}, keep the k groups with the largest maxima, then the k largest of
+    their k * w members. Every class whose value exceeds the k-th largest is kept: else k groups
+    would each hold a larger value.
     """
     num_rows, num_classes = p.shape
     w = group_width(num_classes, k)
     if w < 2 or num_classes // w < k:
-        return jax.lax.top_k(_below(p, hi), k)
+        return jax.lax.top_k(_within(p, lo, hi), k)
     n = num_classes // w
     grouped = p.reshape(num_rows, w, n)
     # max over the middle axis, so XLA vectorises it along the contiguous group axis
-    _, groups = jax.lax.top_k(jnp.max(_below(grouped, hi), axis=1), k)
+    _, groups = jax.lax.top_k(jnp.max(_within(grouped, lo, hi), axis=1), k)
     members = jnp.take_along_axis(grouped, groups[:, None, :], axis=2)  # [R, w, k]
-    values, pos = jax.lax.top_k(_below(members, hi).reshape(num_rows, w * k), k)
+    values, pos = jax.lax.top_k(_within(members, lo, hi).reshape(num_rows, w * k), k)
     group = jnp.take_along_axis(groups, pos % k, axis=-1)
     return values, (pos // k) * n + group
 
@@ -404,7 +394,7 @@ def head_gap_threshold_parts(
     if valid is not None:
         closed = closed | ~valid
     lo, hi, _, s_hi = _search_threshold(p, total, mu, closed, log_p)
-    cand, idx = _top_below(p, hi, min(CANDIDATES, p.shape[-1]))
+    cand, idx = _top_within(p, lo, hi, min(CANDIDATES, p.shape[-1]))
     member = cand > 0
     cand = jnp.where(member, cand, 0.0)
     cand_gap = jnp.where(member, jnp.abs(cand - jnp.take_along_axis(q, idx, axis=-1)), 0.0)
@@ -443,7 +433,7 @@ def head_gap_threshold(
     `_search_threshold` finds per row a bracket [lo, hi) with S(lo) / total > mu >= S(hi) / total
     holding at most ~CANDIDATES classes: a log-normal first guess and one fused pass over p
     with 8 thresholds around it settle most rows; the rest get interpolating passes, gathered
-    when they are few. The classes just below hi, ranked by value (ties: lower index first, as
+    when they are few. The classes in [lo, hi), ranked by value (ties: lower index first, as
     the sort does), then complete the head by their cumulative mass after S(hi). Rows where the
     head ends in a tie group the candidates may not cover (e.g. all-equal logits) are counted in
     a lax.cond branch, anything else unsettled (rounding at the stopping test, NaN) is sorted.

@@ -10,7 +10,7 @@ import functools
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,94 +99,212 @@ def _probs(
     student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
 ) -> tuple[Array, Array]:
     """Teacher and student probabilities (p, q) at `temperature`, [..., C] each."""
-    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
-    q, p, _ = _kl_terms(s, t, tau, *lse)
-    return p, q
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+    s, t = _mask_logits(student_logits, where), _mask_logits(teacher_logits, where)
+    pair = _softmax_pair(s, t, jnp.asarray(temperature, s.dtype))
+    return pair.p, pair.q
 
 
-# ----- the KL pair with a hand-written backward
+# ----- every KD loss: one custom VJP over all rows
 #
-# Every KD loss here is w_fkl * KL(p || q) + w_rkl * KL(q || p) with weights that carry no
-# gradient into the logits. Autodiff through log_softmax saves and re-reads several [..., C]
-# arrays; this VJP keeps only the logits (alive anyway) and per-row scalars, and rebuilds p and q
-# in one elementwise pass. With z = logits / tau, d = log p - log q (0 log 0 = 0 on masked
-# classes):
+# Every KD loss here is w_fkl * KL(p || q) + w_rkl * KL(q || p) per row, with weights that carry
+# no gradient into the logits (HTA-KL's come from the head set, in the forward). The forward
+# computes per-row statistics only (on the CPU over row blocks, whose temporaries stay in the
+# cache); the backward keeps only the logits (alive anyway) and those statistics, and rebuilds
+# p and q in one elementwise pass over all rows. With z = logits / tau, d = log p - log q
+# (0 log 0 = 0 on masked classes):
 #   dKL(p||q)/dz_s = q - p            dKL(q||p)/dz_s = q * (-d - KL(q||p))
 #   dKL(p||q)/dz_t = p * (d - KL(p||q))   dKL(q||p)/dz_t = p - q
-# and dL/dtau = -(1 / tau) * sum(dL/ds * s + dL/dt * t). Forward-mode autodiff (jax.jvp) does
-# not pass through it (a custom_vjp limitation).
+# and dL/dtau = -(1 / tau) * sum(dL/ds * s + dL/dt * t). Gradients nobody asks for (the
+# teacher's, usually) are dropped by XLA. Forward-mode autodiff (jax.jvp) does not pass through
+# it (a custom_vjp limitation).
 
 
-def _log_normalizers(s: Array, t: Array, temperature: Array) -> tuple[Array, Array]:
-    """logsumexp of s / tau and t / tau over classes, [..., 1] each."""
-    lse = functools.partial(jax.nn.logsumexp, axis=-1, keepdims=True)
-    return lse(s / temperature), lse(t / temperature)
+class _SoftmaxPair(NamedTuple):
+    """Student and teacher distributions at one temperature: [R, C] arrays, [R] normalisers."""
+
+    log_q: Array
+    log_p: Array
+    q: Array
+    p: Array
+    lse_s: Array
+    lse_t: Array
 
 
-def _kl_terms(s: Array, t: Array, temperature: Array, lse_s: Array, lse_t: Array) -> tuple:
-    """Per-class q, p and d = log p - log q (0 where both vanish), [..., C] each."""
-    log_q, log_p = s / temperature - lse_s, t / temperature - lse_t
-    q, p = jnp.exp(log_q), jnp.exp(log_p)
-    # The inner `where`s keep -inf - -inf = NaN out of d on classes masked in both.
-    d = jnp.where(p > 0, log_p, 0.0) - jnp.where(q > 0, log_q, 0.0)
-    return q, p, d
+def _softmax(x: Array) -> tuple[Array, Array, Array]:
+    """(log-probabilities, probabilities [R, C], logsumexp [R]) of logits x [R, C] (x / tau).
+
+    exp(x - max) is computed once and normalised by a division (XLA keeps it rather than
+    evaluate exp again for the probabilities); rows of -inf give -inf, as jax.nn.logsumexp.
+    """
+    peak = jnp.max(x, axis=-1, keepdims=True)
+    peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+    unnormalised = jnp.exp(x - peak)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    lse = peak + jnp.log(total)
+    return x - lse, unnormalised / total, lse[..., 0]
 
 
-def _kl_pair_fwd(terms, s, t, w_fkl, w_rkl, temperature, lse_s, lse_t):
-    q, p, d = _kl_terms(s, t, temperature, lse_s, lse_t)
+def _softmax_pair(s: Array, t: Array, temperature: Array) -> _SoftmaxPair:
+    log_q, q, lse_s = _softmax(s / temperature)
+    log_p, p, lse_t = _softmax(t / temperature)
+    return _SoftmaxPair(log_q, log_p, q, p, lse_s, lse_t)
+
+
+def _log_ratio(log_p: Array, p: Array, log_q: Array, q: Array) -> Array:
+    """d = log p - log q, 0 where both vanish (the `where`s keep -inf - -inf = NaN out)."""
+    return jnp.where(p > 0, log_p, 0.0) - jnp.where(q > 0, log_q, 0.0)
+
+
+class _Spec(NamedTuple):
+    """Static choices of a KD loss: which KL terms, adaptive (HTA-KL) weights, head-set path,
+    rows per forward block (None: all at once)."""
+
+    terms: tuple[bool, bool]
+    adaptive: bool
+    path: str
+    block: int | None
+
+
+def _rows_forward(spec: _Spec, s, t, temperature, weights, head, where) -> tuple:
+    """Forward of rows s, t [R, C]: (loss, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl), [R] each.
+
+    `weights` (w_fkl, w_rkl) [R] for fixed weights; `head` (mu, weight temperature or None)
+    for HTA-KL, whose weights come from the head set of `where`'s rows [R] (None: all).
+    """
+    pair = _softmax_pair(s, t, temperature)
+    d = _log_ratio(pair.log_p, pair.p, pair.log_q, pair.q)
     zero = jnp.zeros(s.shape[:-1], s.dtype)
-    fkl = jnp.sum(jnp.where(p > 0, p * d, 0.0), axis=-1) if terms[0] else zero
-    rkl = jnp.sum(jnp.where(q > 0, -q * d, 0.0), axis=-1) if terms[1] else zero
-    out = w_fkl * fkl + w_rkl * rkl
-    return out, (s, t, w_fkl, w_rkl, temperature, lse_s, lse_t, fkl, rkl)
+    fkl = jnp.sum(jnp.where(pair.p > 0, pair.p * d, 0.0), axis=-1) if spec.terms[0] else zero
+    rkl = jnp.sum(jnp.where(pair.q > 0, -pair.q * d, 0.0), axis=-1) if spec.terms[1] else zero
+    if spec.adaptive:
+        weights = _head_tail(spec.path, s, t, temperature, pair, head, where)
+    w_fkl, w_rkl = weights
+    return (w_fkl * fkl + w_rkl * rkl, w_fkl, w_rkl, pair.lse_s, pair.lse_t, fkl, rkl)
+
+
+def _head_tail(path, s, t, temperature, pair, head, where) -> tuple[Array, Array]:
+    """HTA-KL weights [R] from the pair at the loss temperature, or at head's own one."""
+    mu, weight_temperature = head
+    if weight_temperature is not None:
+        pair = _softmax_pair(s, t, weight_temperature)
+    # log p (from the logits) lets the threshold search skip a logarithm per class.
+    return head_set.head_tail_from_probs(
+        pair.p, pair.q, mu, valid=where, path=path, log_p=pair.log_p
+    )
+
+
+def _over_row_blocks(block: int | None, rows: Callable[..., Any], *operands: Any) -> Any:
+    """rows(*operands) -> per-row arrays [R] (a pytree) over blocks of `block` rows by lax.map
+    (None: all rows at once); operands are [R, ...] arrays or None."""
+    if block is None:
+        return rows(*operands)
+    blocks = jax.tree.map(lambda x: x.reshape((-1, block) + x.shape[1:]), operands)
+    out = jax.lax.map(lambda ops: rows(*ops), blocks)
+    return jax.tree.map(lambda x: x.reshape(-1), out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _kl_pair(
-    terms: tuple[bool, bool],
+def _kd_rows(
+    spec: _Spec,
     s: Array,
     t: Array,
-    w_fkl: Array,
-    w_rkl: Array,
     temperature: Array,
-    lse_s: Array,
-    lse_t: Array,
-) -> Array:
-    """w_fkl * KL(p || q) + w_rkl * KL(q || p) per row: logits [..., C], weights [...] -> [...].
+    weights: tuple[Array, Array] | None,
+    head: tuple[Array, Array | None] | None,
+    where: Array | None,
+) -> tuple[Array, Array]:
+    """(w_fkl * FKL + w_rkl * RKL, w_fkl) per row, [R] each, for logits s, t [R, C].
 
-    `terms` (static) says which of (FKL, RKL) to compute; a term left out counts as 0.
-    lse_s, lse_t [..., 1] are `_log_normalizers(s, t, temperature)`, passed in so a caller that
-    also needs p and q computes them once; they get a zero cotangent, the VJP of s and t
-    already covers them.
+    `weights`, `head` and `where` as in `_rows_forward`; rows outside `where` are computed like
+    any other (the caller zeroes their logits and values). The weights get a cotangent only as
+    inputs (fixed weights); HTA-KL's are gradient-free.
     """
-    return _kl_pair_fwd(terms, s, t, w_fkl, w_rkl, temperature, lse_s, lse_t)[0]
+    return _kd_rows_fwd(spec, s, t, temperature, weights, head, where)[0]
 
 
-def _kl_pair_bwd(terms, residuals, g):
-    s, t, w_fkl, w_rkl, temperature, lse_s, lse_t, fkl, rkl = residuals
-    q, p, d = _kl_terms(s, t, temperature, lse_s, lse_t)
+def _kd_rows_fwd(spec, s, t, temperature, weights, head, where):
+    rows = functools.partial(_rows_forward, spec, temperature=temperature, head=head)
+    out = _over_row_blocks(
+        spec.block, lambda *ops: rows(*ops[:2], weights=ops[2], where=ops[3]), s, t, weights, where
+    )
+    loss, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl = out
+    residuals = (s, t, temperature, weights, head, where, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl)
+    return (loss, w_fkl), residuals
+
+
+def _kd_rows_bwd(spec, residuals, cotangents):
+    s, t, temperature, weights, head, where, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl = residuals
+    g, g_w = cotangents
+    pair = _pair_from_normalisers(s, t, temperature, lse_s, lse_t)
+    d = _log_ratio(pair.log_p, pair.p, pair.log_q, pair.q)
     dz_s, dz_t = 0.0, 0.0
-    if terms[0]:
-        g_f = (g * w_fkl)[..., None]
-        dz_s = dz_s + g_f * (q - p)
-        dz_t = dz_t + g_f * jnp.where(p > 0, p * (d - fkl[..., None]), 0.0)
-    if terms[1]:
-        g_r = (g * w_rkl)[..., None]
-        dz_s = dz_s + g_r * jnp.where(q > 0, q * (-d - rkl[..., None]), 0.0)
-        dz_t = dz_t + g_r * (p - q)
+    if spec.terms[0]:
+        g_f = (g * w_fkl)[:, None]
+        dz_s = dz_s + g_f * (pair.q - pair.p)
+        dz_t = dz_t + g_f * jnp.where(pair.p > 0, pair.p * (d - fkl[:, None]), 0.0)
+    if spec.terms[1]:
+        g_r = (g * w_rkl)[:, None]
+        dz_s = dz_s + g_r * jnp.where(pair.q > 0, pair.q * (-d - rkl[:, None]), 0.0)
+        dz_t = dz_t + g_r * (pair.p - pair.q)
     ds, dt = dz_s / temperature, dz_t / temperature
     d_temperature = -(_finite_dot(ds, s) + _finite_dot(dt, t)) / temperature
-    d_temperature = d_temperature.astype(temperature.dtype)
-    zero_lse = (jnp.zeros_like(lse_s), jnp.zeros_like(lse_t))
-    return (ds, dt, g * fkl, g * rkl, d_temperature, *zero_lse)
+    d_weights = None if weights is None else (g * fkl + g_w, g * rkl)
+    d_head = jax.tree.map(jnp.zeros_like, head)
+    return ds, dt, d_temperature.astype(temperature.dtype), d_weights, d_head, None
 
 
-_kl_pair.defvjp(_kl_pair_fwd, _kl_pair_bwd)
+_kd_rows.defvjp(_kd_rows_fwd, _kd_rows_bwd)
+
+
+def _pair_from_normalisers(s, t, temperature, lse_s, lse_t) -> _SoftmaxPair:
+    log_q, log_p = s / temperature - lse_s[:, None], t / temperature - lse_t[:, None]
+    return _SoftmaxPair(log_q, log_p, jnp.exp(log_q), jnp.exp(log_p), lse_s, lse_t)
 
 
 def _finite_dot(cotangent: Array, logits: Array) -> Array:
     """sum(cotangent * logits) over finite logits: -inf (masked) classes add 0, not NaN."""
     return jnp.sum(jnp.where(jnp.isfinite(logits), cotangent * logits, 0.0))
+
+
+def _kd(
+    student_logits: Array,
+    teacher_logits: Array,
+    temperature: Any,
+    where: Array | None,
+    row_block: int | str | None,
+    weights: tuple[Any, Any] | None = None,
+    head: tuple[Any, Any, str] | None = None,
+) -> tuple[Array, Array]:
+    """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 outside `where`, and w_fkl; [...] each.
+
+    Fixed `weights` (w_fkl, w_rkl), numbers or arrays broadcastable to [...] (a Python 0 drops
+    its term), or HTA-KL's `head` (mu, weight_temperature, path). `row_block` as in `hta_kl`.
+    """
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+    shape = jnp.shape(teacher_logits)
+    lead, num_classes = shape[:-1], shape[-1]
+    num_rows = math.prod(lead)
+    s = _mask_logits(student_logits, where).reshape(num_rows, num_classes)
+    t = _mask_logits(teacher_logits, where).reshape(num_rows, num_classes)
+    tau = jnp.asarray(temperature, s.dtype)
+    where_rows = None if where is None else jnp.asarray(where, bool).reshape(num_rows)
+    block = _resolve_row_block(row_block, num_rows, num_classes)
+    if head is None:
+        terms = tuple(not (_is_concrete_number(w) and w == 0) for w in weights)
+        weights = tuple(
+            jnp.broadcast_to(jnp.asarray(w, s.dtype), lead).reshape(num_rows) for w in weights
+        )
+        spec, head_args = _Spec(terms, False, "auto", block), None
+    else:
+        mu, weight_temperature, path = head
+        if weight_temperature is not None:
+            weight_temperature = jnp.asarray(weight_temperature, s.dtype)
+        spec = _Spec((True, True), True, path, block)
+        head_args = (jnp.asarray(mu, s.dtype), weight_temperature)
+    rows, w_fkl = _kd_rows(spec, s, t, tau, weights, head_args, where_rows)
+    values = _apply_where(tau**2 * rows.reshape(lead), where)
+    return values, w_fkl.reshape(lead)
 
 
 def _weighted_kl(
@@ -198,64 +316,8 @@ def _weighted_kl(
     where: Array | None,
     row_block: int | str | None = "auto",
 ) -> Array:
-    """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 on rows outside `where`; [...].
-
-    `row_block` as in :func:`hta_kl` ("auto": row blocks on the CPU backend for large inputs).
-    """
-    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
-
-    def rows(s: Array, t: Array, where_rows: Array | None) -> Array:
-        s, t, tau, lse = _normalized(s, t, temperature, where_rows)
-        return _apply_where(_kl_pair_scaled(s, t, w_fkl, w_rkl, tau, lse), where_rows)
-
-    shape = jnp.shape(teacher_logits)
-    block = _resolve_row_block(row_block, math.prod(shape[:-1]), shape[-1])
-    return _over_row_blocks(rows, block, student_logits, teacher_logits, where)
-
-
-def _over_row_blocks(
-    rows: Callable[..., Any],
-    block: int | None,
-    student_logits: Array,
-    teacher_logits: Array,
-    where: Array | None,
-) -> Any:
-    """rows(s, t, where) -> per-row arrays [...] (a pytree), over blocks of `block` rows by
-    lax.map (None: all rows at once). Each block keeps its temporaries small (BLOCK_ELEMENTS)."""
-    if block is None:
-        return rows(student_logits, teacher_logits, where)
-    lead = jnp.shape(teacher_logits)[:-1]
-    num_rows = math.prod(lead)
-
-    def blocks(x: Array) -> Array:
-        return jnp.reshape(x, (num_rows // block, block) + jnp.shape(x)[len(lead) :])
-
-    where_blocks = None if where is None else blocks(jnp.asarray(where, bool))
-    operands = (blocks(student_logits), blocks(teacher_logits), where_blocks)
-    out = jax.lax.map(lambda ops: rows(*ops), operands)
-    return jax.tree.map(lambda x: x.reshape(lead), out)
-
-
-def _normalized(
-    student_logits: Array, teacher_logits: Array, temperature: Any, where: Array | None
-) -> tuple[Array, Array, Array, tuple[Array, Array]]:
-    """Validated logits s, t [..., C] (float32 or wider, padded rows zeroed), tau as an array,
-    and their gradient-free log-normalisers."""
-    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
-    s, t = _mask_logits(student_logits, where), _mask_logits(teacher_logits, where)
-    tau = jnp.asarray(temperature, s.dtype)
-    lse = jax.lax.stop_gradient(_log_normalizers(s, t, tau))
-    return s, t, tau, lse
-
-
-def _kl_pair_scaled(
-    s: Array, t: Array, w_fkl: Any, w_rkl: Any, tau: Array, lse: tuple[Array, Array]
-) -> Array:
-    """tau^2 * `_kl_pair`; a weight that is the Python number 0 drops its term."""
-    terms = tuple(not (_is_concrete_number(w) and w == 0) for w in (w_fkl, w_rkl))
-    rows = s.shape[:-1]
-    w_fkl, w_rkl = (jnp.broadcast_to(jnp.asarray(w, s.dtype), rows) for w in (w_fkl, w_rkl))
-    return tau**2 * _kl_pair(terms, s, t, w_fkl, w_rkl, tau, *lse)
+    """tau^2 * (w_fkl * FKL + w_rkl * RKL) per example, 0 on rows outside `where`; [...]."""
+    return _kd(student_logits, teacher_logits, temperature, where, row_block, (w_fkl, w_rkl))[0]
 
 
 # --------------------------------------------------------------------------- public losses
@@ -404,47 +466,12 @@ def hta_kl_with_weight(
 ) -> tuple[Array, Array]:
     """:func:`hta_kl` [...] and the head weight w_head [...] it used (for logging)."""
     _check_mu(mu)
-    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
     if weight_temperature is not None:
         _check_temperature(weight_temperature)
-    rows = functools.partial(
-        _hta_kl_rows,
-        temperature=temperature,
-        mu=mu,
-        path=path,
-        weight_temperature=weight_temperature,
-    )
-    shape = jnp.shape(teacher_logits)
-    block = _resolve_row_block(row_block, math.prod(shape[:-1]), shape[-1])
-    return _over_row_blocks(rows, block, student_logits, teacher_logits, where)
-
-
-def _hta_kl_rows(
-    student_logits: Array,
-    teacher_logits: Array,
-    where: Array | None,
-    *,
-    temperature: Any,
-    mu: Any,
-    path: str,
-    weight_temperature: Any,
-) -> tuple[Array, Array]:
-    """`hta_kl_with_weight` on all rows at once."""
-    s, t, tau, lse = _normalized(student_logits, teacher_logits, temperature, where)
-    s_w, t_w = jax.lax.stop_gradient((s, t))
-    if weight_temperature is None:
-        # p and q from the same log-normalisers as the KL pair, so XLA computes them once.
-        tau_w, lse_w = tau, lse
-    else:
-        tau_w = jnp.asarray(weight_temperature, s.dtype)
-        lse_w = _log_normalizers(s_w, t_w, tau_w)
-    q, p, _ = _kl_terms(s_w, t_w, tau_w, *lse_w)
-    log_p = t_w / tau_w - lse_w[1]  # for the search's first guess: no logarithm per class
-    # No gradient through the weights, the temperature's included (it also sets p and q).
-    w_head, w_tail = jax.lax.stop_gradient(
-        head_set.head_tail_from_probs(p, q, mu, valid=where, path=path, log_p=log_p)
-    )
-    return _apply_where(_kl_pair_scaled(s, t, w_head, w_tail, tau, lse), where), w_head
+    if path not in head_set.PATHS:
+        raise ValueError(f"unknown head-set path {path!r}; expected one of {head_set.PATHS}")
+    head = (mu, weight_temperature, path)
+    return _kd(student_logits, teacher_logits, temperature, where, row_block, head=head)
 
 
 def hta_kl(
