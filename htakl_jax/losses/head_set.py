@@ -21,6 +21,7 @@ are probabilities [..., C] (the threshold internals take rows [R, C]); results a
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -267,12 +268,16 @@ def refine_open_rows(size: int, p: Array, total: Array, mu: Array, bracket: tupl
     return tuple(x.at[rows].set(y) for x, y in zip(bracket, sub, strict=True))
 
 
-def _refine_sixteenth(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
-    return refine_open_rows(max(1, p.shape[0] // 16), p, total, mu, bracket)
+def _refine_fraction(divisor: int, p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
+    return refine_open_rows(max(1, p.shape[0] // divisor), p, total, mu, bracket)
 
 
-def _refine_quarter(p: Array, total: Array, mu: Array, bracket: tuple) -> tuple:
-    return refine_open_rows(max(1, p.shape[0] // 4), p, total, mu, bracket)
+# The later passes gather the open rows into the smallest of these fractions of the rows that
+# holds them all (1/16, 1/4, 1/2), or run on every row.
+_REFINE_DIVISORS = (16, 4, 2)
+_REFINE_BRANCHES = tuple(functools.partial(_refine_fraction, d) for d in _REFINE_DIVISORS) + (
+    refine_all,
+)
 
 
 def first_pass(p: Array, total: Array, mu: Any, done: Array, log_p: Array | None = None) -> tuple:
@@ -295,10 +300,10 @@ def _search_threshold(p: Array, total: Array, mu: Any, done: Array, log_p: Array
     # Later passes on the open rows only, gathered, when they are few: the first pass usually
     # settles nearly all rows, so these cost a fraction of a pass over the batch.
     n_open = jnp.sum(~bracket[-1])
-    branch = (n_open > p.shape[0] // 16).astype(jnp.int32) + (n_open > p.shape[0] // 4)
+    sizes = jnp.asarray([max(1, p.shape[0] // d) for d in _REFINE_DIVISORS])
+    branch = jnp.sum(n_open > sizes)
     # Module-level branches with explicit operands, so eager calls hit the compilation cache.
-    refine = (_refine_sixteenth, _refine_quarter, refine_all)
-    bracket = jax.lax.switch(branch, refine, p, total, mu, bracket)
+    bracket = jax.lax.switch(branch, _REFINE_BRANCHES, p, total, mu, bracket)
     return bracket[:4]
 
 
