@@ -54,9 +54,11 @@ FUSED_METHODS = ("fkl", "rkl", "symmetric", "fixed_ratio", "hta_kl")
 REDUCTIONS = ("none", "sum", "mean")
 # "auto" chunks (`chunk_rows_for`): the largest power of two of rows whose [rows, V] logits hold at
 # most this many elements. On the CPU backend 2M elements (8 MiB in float32; V = 32000: 64 rows),
-# with which the fused gradient's temporaries at [4096 x 512] @ [512, 32000] are under 7% of the
-# unfused ones (benchmarks/fused_memory.py); kd's row blocks are smaller (1 MiB), but each chunk
-# here also runs a matmul, which wants rows. Elsewhere 16M elements and at
+# with which the fused gradient's temporaries at [4096 x 512] @ [512, 32000] are 14% of the
+# unfused ones (benchmarks/fused_memory.py). Each chunk's KD loss runs over kd's smaller row
+# blocks (1 MiB; row_block="auto"), as the head-set search's probe sums materialise
+# [rows, probes, V] on the CPU; the chunk itself also runs a matmul, which wants rows.
+# Elsewhere 16M elements and at
 # least ACCELERATOR_MIN_ROWS rows: every chunk's matmul reads the whole projection, so a GPU needs
 # a few hundred rows per chunk to stay compute-bound (not measured yet).
 CPU_CHUNK_ELEMENTS = 1 << 21
@@ -142,14 +144,16 @@ def _chunk_kd(
             mu=h["mu"],
             where=valid,
             path=spec.path,
-            row_block=None,
+            row_block="auto",
             weight_temperature=h["weight_temperature"],
         )
     if w_head is not None:
         ratio = w_head
     else:
         ratio = h["head_ratio"] if spec.method == "fixed_ratio" else _FIXED_RATIOS[spec.method]
-    values = kd.fixed_ratio_kl(s, t, head_ratio=ratio, temperature=tau, where=valid, row_block=None)
+    values = kd.fixed_ratio_kl(
+        s, t, head_ratio=ratio, temperature=tau, where=valid, row_block="auto"
+    )
     return values, jnp.broadcast_to(jnp.asarray(ratio, values.dtype), values.shape)
 
 
