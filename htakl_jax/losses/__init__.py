@@ -19,7 +19,7 @@ Conventions shared by every loss:
   hold anything, NaN included.
 - Shapes are checked at trace time; mismatches raise ValueError naming both shapes.
 - Reverse-mode gradients (jax.grad, jax.vjp) flow to both logits and the temperature through a
-  hand-written VJP (`kd._kl_pair`); forward-mode (jax.jvp, jax.jacfwd) is not supported.
+  hand-written VJP (`kd._kd_rows`); forward-mode (jax.jvp, jax.jacfwd) is not supported.
 
 HTA-KL (head-tail-aware KL): teacher classes sorted by probability form a "head" (the prefix whose
 cumulative teacher mass stays <= mu, and always the top-1 class) and a "tail" (the rest). The summed
