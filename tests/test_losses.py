@@ -447,6 +447,10 @@ def test_row_block_sizes():
     assert losses.row_block_size(128, 100) is None  # small: one block
     assert losses.row_block_size(3, 3_000_000) == 1  # one row already exceeds the target
     assert losses.row_block_size(24, 50, block_elements=128) == 2
+    head_set_block = losses.HEAD_SET_BLOCK_ELEMENTS
+    assert losses.row_block_size(4096, 32000, head_set_block, min_rows=2) == 4
+    assert losses.row_block_size(1024, 128256, head_set_block, min_rows=2) == 2  # not 1 row
+    assert losses.row_block_size(3, 3_000_000, head_set_block, min_rows=2) == 1  # 2 divides not
 
 
 def test_row_block_argument_is_checked():
@@ -459,7 +463,7 @@ def test_row_block_argument_is_checked():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' blocks on the CPU backend")
 def test_auto_row_blocks_above_the_size_on_cpu():
     """'auto' maps over row blocks (a scan, one step per block, inside the loss's custom VJP)
-    only above 2 * BLOCK_ELEMENTS elements; None never."""
+    only above 2 * HEAD_SET_BLOCK_ELEMENTS elements; None never."""
 
     def scans(jaxpr):
         """Lengths of the scans over row blocks [blocks, rows, C] of the logits."""
@@ -478,8 +482,9 @@ def test_auto_row_blocks_above_the_size_on_cpu():
         jaxpr = jax.make_jaxpr(lambda s, t: losses.hta_kl(s, t, row_block=row_block))(x, x)
         return list(scans(jaxpr.jaxpr))
 
-    assert blocks((4096, 32000), "auto") == [4096 // 8]
-    assert blocks((4096, 32000), None) == [] and blocks((16, 32000), "auto") == []
+    assert blocks((4096, 32000), "auto") == [4096 // 4]  # HTA-KL: HEAD_SET_BLOCK_ELEMENTS
+    assert blocks((16, 32000), "auto") == [16 // 4]
+    assert blocks((4096, 32000), None) == [] and blocks((8, 32000), "auto") == []
 
 
 def test_row_blocks_match_one_block_and_reference():

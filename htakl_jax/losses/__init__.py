@@ -35,6 +35,7 @@ from htakl_jax.losses.fused import FUSED_METHODS, fused_linear_kd, fused_linear_
 from htakl_jax.losses.head_set import PATHS as HEAD_SET_PATHS
 from htakl_jax.losses.kd import (
     BLOCK_ELEMENTS,
+    HEAD_SET_BLOCK_ELEMENTS,
     METHODS,
     cross_entropy,
     distillation_loss,
@@ -52,6 +53,7 @@ from htakl_jax.losses.kd import (
 __all__ = [
     "BLOCK_ELEMENTS",
     "FUSED_METHODS",
+    "HEAD_SET_BLOCK_ELEMENTS",
     "HEAD_SET_PATHS",
     "METHODS",
     "cross_entropy",

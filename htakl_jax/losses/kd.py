@@ -289,7 +289,7 @@ def _kd(
     t = _mask_logits(teacher_logits, where).reshape(num_rows, num_classes)
     tau = jnp.asarray(temperature, s.dtype)
     where_rows = None if where is None else jnp.asarray(where, bool).reshape(num_rows)
-    block = _resolve_row_block(row_block, num_rows, num_classes)
+    block = _resolve_row_block(row_block, num_rows, num_classes, adaptive=head is not None)
     if head is None:
         terms = tuple(not (_is_concrete_number(w) and w == 0) for w in weights)
         weights = tuple(
@@ -377,7 +377,8 @@ def fixed_ratio_kl(
 ) -> Array:
     """Ablation with constant weights: r * FKL + (1 - r) * RKL per example. [..., C] -> [...].
 
-    `row_block`, here and in the other fixed-weight losses, as in :func:`hta_kl`.
+    `row_block`, here and in the other fixed-weight losses, as in :func:`hta_kl`, except that
+    "auto" blocks hold about BLOCK_ELEMENTS (262,144) elements.
     """
     _check_head_ratio(head_ratio)
     return _weighted_kl(
@@ -421,29 +422,40 @@ def head_tail_weights(
 # once, and blocks of 8 rows were faster again (benchmarks/loss.py; README "Performance"). Not
 # the default on other backends: there a loop of blocks adds per-block kernel launches and
 # loop-condition round trips, and it has not been measured (pass `row_block` to choose).
+# HTA-KL takes half as many elements (at least 2 rows): its search materialises [rows, 8, C]
+# probe sums, and at [4096, 32000] its gradient ran 8-15% faster with blocks of 4 rows than of
+# 8, while the fixed-weight losses ran 3-7% slower (at 128,256 classes 2 rows beat 1).
 BLOCK_ELEMENTS = 1 << 18
+HEAD_SET_BLOCK_ELEMENTS = 1 << 17
 
 
 def row_block_size(
-    num_rows: int, num_classes: int, block_elements: int = BLOCK_ELEMENTS
+    num_rows: int, num_classes: int, block_elements: int = BLOCK_ELEMENTS, min_rows: int = 1
 ) -> int | None:
     """Rows per block for [num_rows, num_classes] (a divisor of num_rows), or None for one block.
 
-    None also when no divisor lies within 4x below the target (e.g. a prime number of rows) or
-    the only one is all rows.
+    The target is block_elements // num_classes rows, at least `min_rows`. None also when no
+    divisor lies within 4x below the target (e.g. a prime number of rows) or the only one is all
+    rows.
     """
     if num_rows * num_classes <= 2 * block_elements:
         return None
-    target = max(1, block_elements // num_classes)
+    target = max(min_rows, block_elements // num_classes)
     sizes = range(min(target, num_rows - 1), -(-target // 4) - 1, -1)
     return next((b for b in sizes if num_rows % b == 0), None)
 
 
-def _resolve_row_block(row_block: int | str | None, num_rows: int, num_classes: int) -> int | None:
-    """Rows per block (None: all rows at once) for the `row_block` argument of `hta_kl`."""
+def _resolve_row_block(
+    row_block: int | str | None, num_rows: int, num_classes: int, adaptive: bool
+) -> int | None:
+    """Rows per block (None: all rows at once) for the `row_block` argument of `hta_kl`;
+    `adaptive`: HTA-KL's head-set weights (smaller automatic blocks)."""
     if row_block == "auto":
-        on_cpu = jax.default_backend() == "cpu"
-        return row_block_size(num_rows, num_classes) if on_cpu else None
+        if jax.default_backend() != "cpu":
+            return None
+        if adaptive:
+            return row_block_size(num_rows, num_classes, HEAD_SET_BLOCK_ELEMENTS, min_rows=2)
+        return row_block_size(num_rows, num_classes)
     if row_block is None:
         return None
     if isinstance(row_block, bool) or not isinstance(row_block, int) or row_block < 1:
@@ -498,8 +510,9 @@ def hta_kl(
     - `path`: how the head set is found (:data:`htakl_jax.losses.head_set.PATHS`; "auto" sorts up
       to 1024 classes and searches a threshold above).
     - `row_block`: rows per `lax.map` block (must divide the number of rows), None for all rows
-      at once, or "auto": blocks of about BLOCK_ELEMENTS (262,144) elements on the CPU backend
-      above twice that per input (`row_block_size`), all rows at once elsewhere.
+      at once, or "auto": blocks of about HEAD_SET_BLOCK_ELEMENTS (131,072) elements, at least 2
+      rows, on the CPU backend above twice that per input (`row_block_size`), all rows at once
+      elsewhere.
     """
     return hta_kl_with_weight(
         student_logits,
