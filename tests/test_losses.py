@@ -450,7 +450,7 @@ def test_row_block_sizes():
     head_set_block = losses.HEAD_SET_BLOCK_ELEMENTS
     assert losses.row_block_size(4096, 32000, head_set_block, min_rows=2) == 4
     assert losses.row_block_size(1024, 128256, head_set_block, min_rows=2) == 2  # not 1 row
-    assert losses.row_block_size(3, 3_000_000, head_set_block, min_rows=2) == 1  # 2 divides not
+    assert losses.row_block_size(3, 3_000_000, head_set_block, min_rows=2) == 1  # 3 rows: not 2
 
 
 def test_row_block_argument_is_checked():
@@ -463,7 +463,8 @@ def test_row_block_argument_is_checked():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' blocks on the CPU backend")
 def test_auto_row_blocks_above_the_size_on_cpu():
     """'auto' maps over row blocks (a scan, one step per block, inside the loss's custom VJP)
-    only above 2 * HEAD_SET_BLOCK_ELEMENTS elements; None never."""
+    only above 2 * HEAD_SET_BLOCK_ELEMENTS elements for the threshold search (BLOCK_ELEMENTS by
+    the sort path); None never."""
 
     def scans(jaxpr):
         """Lengths of the scans over row blocks [blocks, rows, C] of the logits."""
@@ -477,14 +478,15 @@ def test_auto_row_blocks_above_the_size_on_cpu():
                 if hasattr(inner, "eqns"):
                     yield from scans(inner)
 
-    def blocks(shape, row_block):
+    def blocks(shape, row_block, path="auto"):
         x = jax.ShapeDtypeStruct(shape, jnp.float32)  # traced only: no [4096, 32000] arrays
-        jaxpr = jax.make_jaxpr(lambda s, t: losses.hta_kl(s, t, row_block=row_block))(x, x)
-        return list(scans(jaxpr.jaxpr))
+        loss = functools.partial(losses.hta_kl, row_block=row_block, path=path)
+        return list(scans(jax.make_jaxpr(loss)(x, x).jaxpr))
 
     assert blocks((4096, 32000), "auto") == [4096 // 4]  # HTA-KL: HEAD_SET_BLOCK_ELEMENTS
     assert blocks((16, 32000), "auto") == [16 // 4]
     assert blocks((4096, 32000), None) == [] and blocks((8, 32000), "auto") == []
+    assert blocks((4096, 32000), "auto", path="sort") == [4096 // 8]  # BLOCK_ELEMENTS
 
 
 def test_row_blocks_match_one_block_and_reference():

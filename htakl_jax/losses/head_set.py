@@ -459,6 +459,21 @@ def head_gap_threshold(
     return g_head.reshape(lead)
 
 
+def check_path(path: str) -> None:
+    """ValueError unless `path` is one of PATHS."""
+    if path not in PATHS:
+        raise ValueError(f"unknown head-set path {path!r}; expected one of {PATHS}")
+
+
+def resolve_path(path: str, num_classes: int) -> str:
+    """The head-set path that `path` (one of PATHS) runs for `num_classes`: "auto" is "sort" up
+    to SORT_MAX_CLASSES and "threshold" above. ValueError for an unknown path."""
+    check_path(path)
+    if path == "auto":
+        return "sort" if num_classes <= SORT_MAX_CLASSES else "threshold"
+    return path
+
+
 def head_tail_from_probs(
     p: Array,
     q: Array,
@@ -476,11 +491,8 @@ def head_tail_from_probs(
     teacher's log-probabilities where the caller has them (from the logits: no logarithm per
     class), speeds up the threshold path's first guess and changes no result.
     """
-    if path not in PATHS:
-        raise ValueError(f"unknown head-set path {path!r}; expected one of {PATHS}")
     num_classes = p.shape[-1]
-    if path == "auto":
-        path = "sort" if num_classes <= SORT_MAX_CLASSES else "threshold"
+    path = resolve_path(path, num_classes)
     if path == "sort":
         g_head = head_gap_sorted(p, q, mu)
     elif path == "threshold":

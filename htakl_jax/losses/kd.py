@@ -289,7 +289,8 @@ def _kd(
     t = _mask_logits(teacher_logits, where).reshape(num_rows, num_classes)
     tau = jnp.asarray(temperature, s.dtype)
     where_rows = None if where is None else jnp.asarray(where, bool).reshape(num_rows)
-    block = _resolve_row_block(row_block, num_rows, num_classes, adaptive=head is not None)
+    searches = head is not None and head_set.resolve_path(head[2], num_classes) == "threshold"
+    block = _resolve_row_block(row_block, num_rows, num_classes, searches)
     if head is None:
         terms = tuple(not (_is_concrete_number(w) and w == 0) for w in weights)
         weights = tuple(
@@ -422,9 +423,10 @@ def head_tail_weights(
 # once, and blocks of 8 rows were faster again (benchmarks/loss.py; README "Performance"). Not
 # the default on other backends: there a loop of blocks adds per-block kernel launches and
 # loop-condition round trips, and it has not been measured (pass `row_block` to choose).
-# HTA-KL takes half as many elements (at least 2 rows): its search materialises [rows, 8, C]
-# probe sums, and at [4096, 32000] its gradient ran 8-15% faster with blocks of 4 rows than of
-# 8, while the fixed-weight losses ran 3-7% slower (at 128,256 classes 2 rows beat 1).
+# HTA-KL's threshold search takes half as many elements (at least 2 rows): it materialises
+# [rows, 8, C] probe sums, and at [4096, 32000] the gradient ran 7-16% faster with blocks of 4
+# rows than of 8 (at 128,256 classes 2 rows beat 1), while the fixed-weight losses ran 3-7%
+# slower, and HTA-KL by the sort path at [4096, 1000] 3-9% slower with 128 rows than 256.
 BLOCK_ELEMENTS = 1 << 18
 HEAD_SET_BLOCK_ELEMENTS = 1 << 17
 
@@ -446,14 +448,14 @@ def row_block_size(
 
 
 def _resolve_row_block(
-    row_block: int | str | None, num_rows: int, num_classes: int, adaptive: bool
+    row_block: int | str | None, num_rows: int, num_classes: int, searches: bool
 ) -> int | None:
     """Rows per block (None: all rows at once) for the `row_block` argument of `hta_kl`;
-    `adaptive`: HTA-KL's head-set weights (smaller automatic blocks)."""
+    `searches`: the head set comes from the threshold search (smaller automatic blocks)."""
     if row_block == "auto":
         if jax.default_backend() != "cpu":
             return None
-        if adaptive:
+        if searches:
             return row_block_size(num_rows, num_classes, HEAD_SET_BLOCK_ELEMENTS, min_rows=2)
         return row_block_size(num_rows, num_classes)
     if row_block is None:
@@ -480,8 +482,7 @@ def hta_kl_with_weight(
     _check_mu(mu)
     if weight_temperature is not None:
         _check_temperature(weight_temperature)
-    if path not in head_set.PATHS:
-        raise ValueError(f"unknown head-set path {path!r}; expected one of {head_set.PATHS}")
+    head_set.check_path(path)
     head = (mu, weight_temperature, path)
     return _kd(student_logits, teacher_logits, temperature, where, row_block, head=head)
 
@@ -510,9 +511,10 @@ def hta_kl(
     - `path`: how the head set is found (:data:`htakl_jax.losses.head_set.PATHS`; "auto" sorts up
       to 1024 classes and searches a threshold above).
     - `row_block`: rows per `lax.map` block (must divide the number of rows), None for all rows
-      at once, or "auto": blocks of about HEAD_SET_BLOCK_ELEMENTS (131,072) elements, at least 2
-      rows, on the CPU backend above twice that per input (`row_block_size`), all rows at once
-      elsewhere.
+      at once, or "auto": on the CPU backend, blocks of about HEAD_SET_BLOCK_ELEMENTS (131,072)
+      elements, at least 2 rows, when the head set comes from the threshold search (BLOCK_ELEMENTS,
+      262,144, by the other paths), above twice that per input (`row_block_size`); all rows at
+      once elsewhere.
     """
     return hta_kl_with_weight(
         student_logits,
