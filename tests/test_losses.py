@@ -910,6 +910,73 @@ def test_temperature_not_positive(tau):
             call()
 
 
+# ----------------------------------------------------------------------------------------------
+# per-row statistics and the gradient by blocks of classes (what the fused loss is built from)
+# ----------------------------------------------------------------------------------------------
+
+BLOCK_METHODS = {
+    "fkl": ({}, losses.forward_kl),
+    "rkl": ({}, losses.reverse_kl),
+    "symmetric": ({}, losses.symmetric_kl),
+    "fixed_ratio": ({"head_ratio": 0.3}, functools.partial(losses.fixed_ratio_kl, head_ratio=0.3)),
+    "hta_kl": ({}, functools.partial(losses.hta_kl, mu=0.5)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(BLOCK_METHODS))
+def test_row_statistics_and_block_gradients_equal_the_loss(method):
+    kwargs, loss = BLOCK_METHODS[method]
+    rng = np.random.default_rng(21)
+    s = jnp.asarray(2 * rng.standard_normal((3, 4, 23)), jnp.float32)
+    t = jnp.asarray(3 * rng.standard_normal((3, 4, 23)), jnp.float32)
+    where = jnp.asarray(rng.random((3, 4)) > 0.3)
+    # padding may hold anything: the statistics and gradients of valid rows must not see it
+    s_pad = jnp.where(where[..., None], s, jnp.nan)
+    t_pad = jnp.where(where[..., None], t, jnp.nan)
+    ct = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    value, vjp = jax.vjp(lambda x: loss(x, t, temperature=2.0, where=where), s)
+    (grad_ref,) = vjp(ct)
+    stats = losses.row_statistics(
+        s_pad, t_pad, method=method, temperature=2.0, where=where, **kwargs
+    )
+    np.testing.assert_allclose(stats.value, value, rtol=RTOL, atol=ATOL)
+    s64, t64 = np.asarray(s, np.float64), np.asarray(t, np.float64)
+    valid = np.asarray(where)
+    lse = np.log(np.sum(np.exp(s64 / 2.0), axis=-1))
+    np.testing.assert_allclose(np.asarray(stats.lse_s)[valid], lse[valid], rtol=RTOL)
+    if method != "fkl":  # (FKL alone has no RKL term: its statistic is 0)
+        rkl = ref_rkl(s64.reshape(-1, 23), t64.reshape(-1, 23), 2.0).reshape(3, 4) / 2.0**2
+        np.testing.assert_allclose(np.asarray(stats.rkl)[valid], rkl[valid], rtol=RTOL)
+    np.testing.assert_allclose(stats.w_fkl + stats.w_rkl, 1.0, rtol=RTOL)
+    blocks = [
+        losses.student_logit_grad(
+            s_pad[..., a:b],
+            t_pad[..., a:b],
+            stats,
+            ct,
+            method=method,
+            temperature=2.0,
+            where=where,
+            head_ratio=kwargs.get("head_ratio"),
+        )
+        for a, b in ((0, 1), (1, 9), (9, 23))
+    ]
+    grad = jnp.concatenate(blocks, axis=-1)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_allclose(grad, grad_ref, rtol=RTOL, atol=ATOL)
+
+
+def test_row_statistics_errors():
+    s = jnp.zeros((2, 5))
+    with pytest.raises(ValueError, match="unknown KD method"):
+        losses.row_statistics(s, s, method="ce")
+    with pytest.raises(ValueError, match="head_ratio"):
+        losses.row_statistics(s, s, method="fixed_ratio")
+    stats = losses.row_statistics(s, s, method="fkl")
+    with pytest.raises(ValueError, match="same shape"):
+        losses.student_logit_grad(s, s[:, :3], stats, jnp.ones(2), method="fkl")
+
+
 def test_method_and_head_ratio_errors():
     with pytest.raises(ValueError, match="method"):
         losses.distillation_loss(_S, _T, _Y, method="jsd", alpha=0.5, temperature=1.0)

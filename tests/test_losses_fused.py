@@ -23,6 +23,7 @@ from tests.test_losses import ref_fkl, ref_rkl, ref_weights_exact
 TAU = 2.0
 N, H, V, H_T = 37, 16, 50, 12
 CHUNK = 8
+CHUNK_COLS = 16  # 50 = 3 x 16 + 2: the last vocabulary block overlaps the one before
 RTOL = 2e-5
 
 # name: (fused_linear_kd keyword arguments, the materialised loss on logits)
@@ -87,7 +88,15 @@ def assert_close(actual, expected, rtol=RTOL, err_msg=""):
 def _fused_fn(kwargs, teacher, **extra):
     def fn(hidden, weight, bias):
         return fused.fused_linear_kd(
-            hidden, weight, teacher, bias=bias, temperature=TAU, chunk_rows=CHUNK, **kwargs, **extra
+            hidden,
+            weight,
+            teacher,
+            bias=bias,
+            temperature=TAU,
+            chunk_rows=CHUNK,
+            chunk_cols=CHUNK_COLS,
+            **kwargs,
+            **extra,
         )
 
     return fn
@@ -129,19 +138,22 @@ def test_values_and_gradients_match_materialised_logits(case, teacher_form):
             assert_close(g, g_ref, err_msg=f"{label}: d/d{name}")
 
 
-@pytest.mark.parametrize("chunk_rows", (1, 5, 37, 64, "auto"))
-def test_any_chunk_size_gives_the_same_result(chunk_rows):
+@pytest.mark.parametrize(
+    "chunk_rows, chunk_cols", ((1, 1), (5, 7), (37, 50), (64, 128), ("auto", "auto"))
+)
+def test_any_chunk_size_gives_the_same_result(chunk_rows, chunk_cols):
     p = make_problem(seed=2)
     args = (p["hidden"], p["weight"], p["bias"])
 
-    def loss(*a, chunk):
+    def loss(*a, rows, cols):
         out = fused.fused_linear_kd(
-            *a[:2], p["t_logits"], bias=a[2], temperature=TAU, chunk_rows=chunk
+            *a[:2], p["t_logits"], bias=a[2], temperature=TAU, chunk_rows=rows, chunk_cols=cols
         )
         return jnp.sum(out * jnp.arange(N))
 
-    value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(*args, chunk=chunk_rows)
-    value_ref, grads_ref = jax.value_and_grad(loss, argnums=(0, 1, 2))(*args, chunk=CHUNK)
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    value, grads = grad(*args, rows=chunk_rows, cols=chunk_cols)
+    value_ref, grads_ref = grad(*args, rows=CHUNK, cols=CHUNK_COLS)
     assert_close(value, value_ref)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         assert_close(g, g_ref)
@@ -284,7 +296,7 @@ def test_reductions_equal_the_reduced_materialised_loss(reduction, case):
     assert_close(value, value_ref)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         assert_close(g, g_ref)
-    # an upstream factor scales the gradient computed in the forward pass
+    # an upstream factor scales the gradient
     g3 = jax.grad(lambda *a: 3.0 * ours(*a), argnums=1)(*args)
     assert_close(g3, 3.0 * grads_ref[1])
 
@@ -356,6 +368,15 @@ def test_chunk_rows_for():
     assert fused.chunk_rows_for(100, 10**8, backend="cpu") == 1
 
 
+def test_chunk_cols_for():
+    assert fused.chunk_cols_for(4096, 32000, backend="cpu") == 1024
+    assert fused.chunk_cols_for(4096, 32000, backend="gpu") == 4096
+    assert fused.chunk_cols_for(16384, 128256, backend="gpu") == 1024
+    assert fused.chunk_cols_for(3000, 32000, backend="cpu") == 1280  # a multiple of 128
+    assert fused.chunk_cols_for(10**6, 32000, backend="cpu") == 128  # at least 128
+    assert fused.chunk_cols_for(4096, 50, backend="cpu") == 50
+
+
 def _call(**overrides):
     p = make_problem(lead=(4,))
     args = {"hidden": p["hidden"], "weight": p["weight"], "teacher": p["t_logits"]} | overrides
@@ -368,6 +389,7 @@ def _call(**overrides):
         ({"method": "ce"}, "unknown method"),
         ({"reduction": "max"}, "unknown reduction"),
         ({"chunk_rows": 0}, "chunk_rows"),
+        ({"chunk_cols": 1.5}, "chunk_cols"),
         ({"weight": jnp.zeros((H + 1, V))}, "hidden"),
         ({"teacher": jnp.zeros((4, V + 1))}, "teacher logits"),
         ({"teacher": (jnp.zeros((3, H_T)), jnp.zeros((H_T, V)))}, "teacher hidden"),

@@ -4,8 +4,9 @@ Standalone: this package imports only jax and numpy, so other JAX projects can u
 Flax, optax or TensorFlow (`from htakl_jax.losses import hta_kl`). The loss family lives in
 :mod:`.kd`, the head set and the HTA-KL weights (with the sort-free search for large
 vocabularies) in :mod:`.head_set`, and the fused linear + KD loss (`fused_linear_kd`: the loss
-from hidden states and the output projection, in row chunks, never materialising [tokens, vocab]
-logits) in :mod:`.fused`.
+from hidden states and the output projection, never materialising [tokens, vocab] logits) in
+:mod:`.fused`. `row_statistics` and `student_logit_grad` split any KD loss into a forward over
+whole rows and an elementwise gradient over any block of classes (what `fused` is built from).
 
 Conventions shared by every loss:
 - `student_logits` and `teacher_logits` are shaped [..., C]; the result is per example, shaped
@@ -19,7 +20,7 @@ Conventions shared by every loss:
   hold anything, NaN included.
 - Shapes are checked at trace time; mismatches raise ValueError naming both shapes.
 - Reverse-mode gradients (jax.grad, jax.vjp) flow to both logits and the temperature through a
-  hand-written VJP (`kd._kd_rows`); forward-mode (jax.jvp, jax.jacfwd) is not supported.
+  hand-written VJP (in :mod:`.kd`); forward-mode (jax.jvp, jax.jacfwd) is not supported.
 
 HTA-KL (head-tail-aware KL): teacher classes sorted by probability form a "head" (the prefix whose
 cumulative teacher mass stays <= mu, and always the top-1 class) and a "tail" (the rest). The summed
@@ -36,7 +37,9 @@ from htakl_jax.losses.head_set import PATHS as HEAD_SET_PATHS
 from htakl_jax.losses.kd import (
     BLOCK_ELEMENTS,
     HEAD_SET_BLOCK_ELEMENTS,
+    KD_METHODS,
     METHODS,
+    RowStats,
     cross_entropy,
     distillation_loss,
     fixed_ratio_kl,
@@ -46,6 +49,8 @@ from htakl_jax.losses.kd import (
     hta_kl_with_weight,
     reverse_kl,
     row_block_size,
+    row_statistics,
+    student_logit_grad,
     symmetric_kl,
     wsld,
 )
@@ -55,7 +60,9 @@ __all__ = [
     "FUSED_METHODS",
     "HEAD_SET_BLOCK_ELEMENTS",
     "HEAD_SET_PATHS",
+    "KD_METHODS",
     "METHODS",
+    "RowStats",
     "cross_entropy",
     "distillation_loss",
     "fixed_ratio_kl",
@@ -67,6 +74,8 @@ __all__ = [
     "hta_kl_with_weight",
     "reverse_kl",
     "row_block_size",
+    "row_statistics",
+    "student_logit_grad",
     "symmetric_kl",
     "wsld",
 ]

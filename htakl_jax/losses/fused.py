@@ -1,31 +1,36 @@
 """Fused linear + KD loss: the KL family from the student's hidden states and output projection,
-row chunk by row chunk, without ever materialising the [tokens, vocab] logits (issue 19).
+without ever materialising the [tokens, vocab] logits (issue 19).
 
 At LLM sizes the logits are the memory problem: one float32 [16384, 128256] array is 8.4 GB and
 the unfused gradient keeps several. :func:`fused_linear_kd` takes hidden states [..., H] and the
 projection [H, V] (and the teacher's logits [..., V], or its hidden states and projection) and
 returns the per-example values of the materialised loss, `method(hidden @ weight + bias,
 teacher_logits)`, and the same gradients with respect to hidden, weight and bias, up to float32
-rounding. The largest temporaries are a few [chunk_rows, V] arrays.
+rounding. The largest temporaries are a few [chunk_rows, V] and [N, chunk_cols] arrays.
 
-Design (one `jax.custom_vjp`):
-- Forward: a `lax.fori_loop` over chunks of `chunk_rows` rows. Per chunk: the student's logits
-  h_c @ W + b with float32 accumulation (bf16 inputs give float32 logits and softmax statistics),
-  the teacher's chunk logits (a slice, or t_c @ W_t + b_t), then the materialised path's own code
-  on the chunk (:func:`kd.hta_kl_with_weight`, :func:`kd.fixed_ratio_kl`), so the values match
-  it by construction. The last chunk, when the rows do not divide, starts earlier (it overlaps the
-  one before) instead of padding, so no input is copied; overlapping rows are written once.
-- Backward, `reduction="none"` (any per-row cotangent): the cotangent differs per row, so the
-  gradient cannot be summed into dW ahead of time. A second loop recomputes each chunk's logits
-  (one extra matmul per chunk, plus the teacher's when it comes as hidden states), takes the
-  gradient with respect to them from kd's hand-written VJP with the chunk's cotangent rows, and
-  accumulates dW += h_c^T g, db += sum_rows g and writes dh_c = g W^T. Residuals: the inputs
-  (references to arrays that are alive anyway) and the HTA-KL head weights [N], so the backward
-  does not search the head set again.
-- `reduction="sum"` / `"mean"` (a scalar loss): its cotangent is one number, so the forward
-  computes the gradient in the same loop (Liger Kernel's approach, no recompute: the three
-  matmuls of the unfused path), keeps dh [N, H], dW [H, V], db [V] in float32 and the backward
-  scales them.
+Design (one `jax.custom_vjp`, two sweeps):
+- Forward, over row chunks (`lax.fori_loop`, `chunk_rows` rows each): the student's logits
+  h_c @ W + b with float32 accumulation (bf16 inputs give float32 logits and statistics), the
+  teacher's (a slice, or t_c @ W_t + b_t), and kd's own forward on the chunk
+  (:func:`kd.row_statistics`: the values, so they match the unfused loss by construction, and
+  six numbers per row, HTA-KL's head weights among them). The head set needs whole rows; the
+  rest of the loss does not.
+- Backward, over vocabulary blocks of `chunk_cols` columns: given the per-row statistics and
+  cotangents, the gradient with respect to the logits is elementwise
+  (:func:`kd.student_logit_grad`), so each block recomputes its logits h @ W[:, j] (+ the
+  teacher's), takes the block's gradient g_j [N, cols], writes dW[:, j] = h^T g_j and
+  db[j] = sum_rows g_j once, in the parameter's dtype, and accumulates dh += g_j W[:, j]^T in
+  float32. Every matmul has N or H as its long side, and no [H, V] accumulator is read and
+  written per chunk (row chunks did: 1.4x the unfused matmul time on the CPU, where this sweep
+  is at par). One matmul more than the unfused gradient's three (the forward's), and the
+  backward serves every reduction: "none" takes any per-row cotangent, "sum"/"mean" a scalar.
+- Chunks and blocks that do not divide the rows or the vocabulary start earlier (overlap the
+  one before) instead of padding, so no input is copied; overlapping rows or columns are
+  written once.
+- On the CPU backend the operands a loop slices pass through an optimization barrier each
+  iteration and 16-bit floats are sliced and updated as uint16: XLA:CPU computes 16-bit slices
+  in float32 and hoists the conversion of the whole operand out of the loop (a float32 copy of
+  bf16 teacher logits: 500 MiB at [4096, 32000]).
 
 Gradient-free: the teacher (logits or hidden states and projection) and the hyperparameters
 (temperature, mu, head_ratio, weight_temperature) receive zero cotangents (the unfused functions
@@ -41,6 +46,7 @@ import dataclasses
 import functools
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -50,37 +56,51 @@ from htakl_jax.losses import kd
 
 Array = jax.Array
 
-FUSED_METHODS = ("fkl", "rkl", "symmetric", "fixed_ratio", "hta_kl")
+FUSED_METHODS = kd.KD_METHODS
 REDUCTIONS = ("none", "sum", "mean")
-# "auto" chunks (`chunk_rows_for`): the largest power of two of rows whose [rows, V] logits hold at
-# most this many elements. On the CPU backend 2M elements (8 MiB in float32; V = 32000: 64 rows),
-# with which the fused gradient's temporaries at [4096 x 512] @ [512, 32000] are 14% of the
-# unfused ones (benchmarks/fused_memory.py). Each chunk's KD loss runs over kd's smaller row
-# blocks (1 MiB; row_block="auto"), as the head-set search's probe sums materialise
-# [rows, probes, V] on the CPU; the chunk itself also runs a matmul, which wants rows.
-# Elsewhere 16M elements and at
-# least ACCELERATOR_MIN_ROWS rows: every chunk's matmul reads the whole projection, so a GPU needs
-# a few hundred rows per chunk to stay compute-bound (not measured yet).
+# "auto" chunks and blocks (`chunk_rows_for`, `chunk_cols_for`): about this many elements per
+# [rows, V] chunk or [N, cols] block. On the CPU backend 2M elements per chunk (8 MiB in float32;
+# V = 32000: 64 rows) and 4M per block (N = 4096: 1024 columns); at [4096 x 512] @ [512, 32000]
+# the fused gradient's temporaries are then 5% of the unfused ones, and 1024 columns ran 5-7%
+# faster than 512, 4096 slower again (benchmarks/fused_memory.py, README). Each chunk's KD
+# forward runs over kd's smaller row blocks (row_block="auto"), as the head-set search's probe
+# sums materialise [rows, probes, V] on the CPU. Elsewhere 16M elements for both, and at least
+# ACCELERATOR_MIN_ROWS rows: every chunk's matmul reads the whole projection, so a GPU needs a
+# few hundred rows per chunk to stay compute-bound (not measured yet). Blocks have at least
+# MIN_COLS columns, for the same reason.
 CPU_CHUNK_ELEMENTS = 1 << 21
+CPU_BLOCK_ELEMENTS = 1 << 22
 CHUNK_ELEMENTS = 1 << 24
 ACCELERATOR_MIN_ROWS = 256
-# The fixed-weight methods as their FKL weight r (loss r * FKL + (1 - r) * RKL), as in kd.
-_FIXED_RATIOS = {"fkl": 1.0, "rkl": 0.0, "symmetric": 0.5}
+MIN_COLS = 128
+
+
+def _on_cpu(backend: str | None = None) -> bool:
+    return (backend or jax.default_backend()) == "cpu"
 
 
 def chunk_rows_for(num_rows: int, vocab: int, backend: str | None = None) -> int:
-    """Default rows per chunk on `backend` (None: JAX's default backend), at most num_rows.
+    """Default rows per forward chunk on `backend` (None: JAX's default), at most num_rows.
 
     CPU: the largest power of two with rows * vocab <= CPU_CHUNK_ELEMENTS (at least 1); other
     backends: the same with CHUNK_ELEMENTS, and at least ACCELERATOR_MIN_ROWS.
     """
-    on_cpu = (backend or jax.default_backend()) == "cpu"
+    on_cpu = _on_cpu(backend)
     elements = CPU_CHUNK_ELEMENTS if on_cpu else CHUNK_ELEMENTS
     rows = max(1, elements // max(vocab, 1))
     rows = 1 << (rows.bit_length() - 1)
     if not on_cpu:
         rows = max(rows, ACCELERATOR_MIN_ROWS)
     return max(1, min(rows, num_rows))
+
+
+def chunk_cols_for(num_rows: int, vocab: int, backend: str | None = None) -> int:
+    """Default vocabulary columns per backward block on `backend`, at most vocab: a multiple of
+    MIN_COLS (128) with num_rows * cols <= CPU_BLOCK_ELEMENTS (other backends: CHUNK_ELEMENTS),
+    at least MIN_COLS."""
+    elements = CPU_BLOCK_ELEMENTS if _on_cpu(backend) else CHUNK_ELEMENTS
+    cols = max(MIN_COLS, elements // max(num_rows, 1) // MIN_COLS * MIN_COLS)
+    return max(1, min(cols, vocab))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +110,12 @@ class _Spec:
     method: str
     path: str
     chunk: int
+    cols: int
     reduction: str
     static_hyper: tuple[tuple[str, Any], ...]
 
 
-# --------------------------------------------------------------------------- one chunk
+# --------------------------------------------------------------------------- pieces
 
 
 def _acc_dtype(*xs: Array) -> jnp.dtype:
@@ -108,123 +129,155 @@ def _linear(h: Array, w: Array, b: Array | None) -> Array:
     return out if b is None else out + b.astype(dtype)
 
 
-def _rows(x: Array | None, start: Array, size: int) -> Array | None:
-    return None if x is None else jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+def _bits(dtype: jnp.dtype) -> jnp.dtype | None:
+    """uint16 for 16-bit floats on the CPU backend (sliced and updated as such; see the module
+    docstring), else None."""
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2 and _on_cpu():
+        return jnp.dtype(jnp.uint16)
+    return None
 
 
-def _teacher_chunk(teacher: tuple, start: Array, size: int) -> Array:
-    """The teacher's logits of rows [start, start + size): a slice, or computed from its hidden
-    states and projection."""
-    if len(teacher) == 1:
-        logits = teacher[0]
-        if jnp.dtype(logits.dtype).itemsize != 2 or jax.default_backend() != "cpu":
-            return _rows(logits, start, size)
-        # XLA:CPU slices 16-bit floats as float32 and hoists the convert of all the teacher logits
-        # out of the loop (a float32 copy of them); sliced as uint16, they cost one 16-bit copy.
-        raw = _rows(jax.lax.bitcast_convert_type(logits, jnp.uint16), start, size)
-        return jax.lax.bitcast_convert_type(raw, logits.dtype)
-    t_hidden, t_weight, t_bias = teacher
-    return _linear(_rows(t_hidden, start, size), t_weight, t_bias)
+def _slice(x: Array | None, start: Array, size: int, axis: int) -> Array | None:
+    """x[start : start + size] along `axis` (None stays None)."""
+    if x is None:
+        return None
+    bits = _bits(x.dtype)
+    if bits is None:
+        return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+    raw = jax.lax.dynamic_slice_in_dim(jax.lax.bitcast_convert_type(x, bits), start, size, axis)
+    return jax.lax.bitcast_convert_type(raw, x.dtype)
 
 
-def _chunk_kd(
-    spec: _Spec, hyper: dict, s: Array, t: Array, valid: Array | None, w_head: Array | None
-) -> tuple[Array, Array]:
-    """(values [c], head weights [c]) of the method on chunk logits [c, V], by kd's own code.
-
-    With `w_head` given (HTA-KL's backward) the weights are those, not searched again.
-    """
-    h = dict(spec.static_hyper) | hyper
-    tau = h["temperature"]
-    if spec.method == "hta_kl" and w_head is None:
-        return kd.hta_kl_with_weight(
-            s,
-            t,
-            temperature=tau,
-            mu=h["mu"],
-            where=valid,
-            path=spec.path,
-            row_block="auto",
-            weight_temperature=h["weight_temperature"],
-        )
-    if w_head is not None:
-        ratio = w_head
-    else:
-        ratio = h["head_ratio"] if spec.method == "fixed_ratio" else _FIXED_RATIOS[spec.method]
-    values = kd.fixed_ratio_kl(
-        s, t, head_ratio=ratio, temperature=tau, where=valid, row_block="auto"
-    )
-    return values, jnp.broadcast_to(jnp.asarray(ratio, values.dtype), values.shape)
+def _write(x: Array, start: Array, new: Array, block: Array, axis: int) -> Array:
+    """x with [start, start + size) along `axis` set to `block` where `new` [size] (the rest
+    keep their value); `x` may be a `_bits` buffer of block's dtype."""
+    if x.dtype != block.dtype:
+        block = jax.lax.bitcast_convert_type(block, x.dtype)
+    old = jax.lax.dynamic_slice_in_dim(x, start, block.shape[axis], axis=axis)
+    mask = jnp.expand_dims(new, [d for d in range(block.ndim) if d != axis])
+    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(mask, block, old), start, axis=axis)
 
 
-def _chunk_grad(
-    spec: _Spec, hyper: dict, s: Array, t: Array, valid: Array | None, ct: Array, w_head
-) -> tuple[Array, Array, Array]:
-    """Values [c], head weights [c] and d(sum_rows ct * values) / d s, [c, V]."""
-    values, vjp_fn, heads = jax.vjp(
-        lambda s_: _chunk_kd(spec, hyper, s_, t, valid, w_head), s, has_aux=True
-    )
-    (ds,) = vjp_fn(ct.astype(values.dtype))
-    return values, heads, ds
+def _buffer(shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
+    """Zeros to `_write` blocks of `dtype` into (as `_bits` where that applies)."""
+    return jnp.zeros(shape, _bits(dtype) or dtype)
 
 
-# --------------------------------------------------------------------------- the loop
+def _unbuffer(x: Array, dtype: jnp.dtype) -> Array:
+    return x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype)
 
 
-def _write(x: Array, start: Array, new: Array, rows: Array) -> Array:
-    """x with rows [start, start + c) set to `rows` where `new` (the rest keep their value)."""
-    old = jax.lax.dynamic_slice_in_dim(x, start, rows.shape[0], axis=0)
-    mask = new.reshape(new.shape + (1,) * (rows.ndim - 1))
-    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(mask, rows, old), start, axis=0)
+def _loop(count: int, body: Callable, state: Any, operands: Any) -> Any:
+    """state after body(i, state, operands) for i < count (a fori_loop). `operands`, the arrays
+    the body slices, pass through an optimization barrier each iteration on the CPU backend, so
+    XLA cannot hoist work on the whole of them out of the loop (see the module docstring)."""
+    barrier = _on_cpu()
+
+    def step(i, carry):
+        state, ops = carry
+        ops = jax.lax.optimization_barrier(ops) if barrier else ops
+        return body(i, state, ops), ops
+
+    return jax.lax.fori_loop(0, count, step, (state, operands))[0]
 
 
-def _accumulate(grads: tuple, h_c: Array, w: Array, g: Array, start: Array, new: Array):
-    """(dh, dW, db) plus one chunk's share: dh_c = g W^T, h_c^T g and sum_rows g (float32)."""
-    dh, dw, db = grads
-    g_mm = g.astype(jnp.result_type(h_c, w))  # bf16 weights: bf16 matmul, float32 accumulation
-    dh_c = jax.lax.dot_general(g_mm, w, (((1,), (1,)), ((), ())), preferred_element_type=dw.dtype)
-    dw = dw + jax.lax.dot_general(
-        h_c, g_mm, (((0,), (0,)), ((), ())), preferred_element_type=dw.dtype
-    )
-    db = None if db is None else db + jnp.sum(g, axis=0).astype(db.dtype)
-    return _write(dh, start, new, dh_c.astype(dh.dtype)), dw, db
+def _hyper(spec: _Spec, hyper: dict) -> dict:
+    return dict(spec.static_hyper) | hyper
 
 
-def _sweep(spec: _Spec, student, teacher, where, hyper, *, ct=None, w_head=None):
-    """One pass over the row chunks: (values [N], head weights [N], grads).
+def _block(i: Array, size: int, total: int) -> tuple[Array, Array]:
+    """(start, new [size]) of the i-th block of `size` of `total`: the last starts early."""
+    start = jnp.minimum(i * size, total - size)
+    return start, start + jnp.arange(size) >= i * size
 
-    grads is None without `ct`; with `ct` [N] (the cotangent of each row's value) it is
-    (dh [N, H], dW [H, V], db [V] or None) in float32, of sum_rows ct * values.
-    """
+
+# --------------------------------------------------------------------------- the two sweeps
+
+
+def _row_sweep(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict) -> kd.RowStats:
+    """kd.RowStats [N] of the student logits h @ W + b, over chunks of spec.chunk rows."""
     h, w, b = student
     n, c = h.shape[0], spec.chunk
-    acc = _acc_dtype(h, w)
-    out_dtype = jnp.promote_types(acc, _acc_dtype(teacher[0]))
+    hp = _hyper(spec, hyper)
 
-    def body(i, carry):
-        values, heads, grads = carry
-        start = jnp.minimum(i * c, n - c)  # the last chunk overlaps the one before
-        new = start + jnp.arange(c) >= i * c  # rows no earlier chunk has done
-        valid, w_c = _rows(where, start, c), _rows(w_head, start, c)
-        h_c = _rows(h, start, c)
-        if valid is not None:  # padding may hold NaN: keep it out of dW = h^T g
-            h_c = jnp.where(valid[:, None], h_c, 0)
-        s, t = _linear(h_c, w, b), _teacher_chunk(teacher, start, c)
-        if ct is None:
-            v, wh = _chunk_kd(spec, hyper, s, t, valid, w_c)
+    def body(i, stats, ops):
+        h, teacher_rows, where = ops
+        start, new = _block(i, c, n)
+        valid = _slice(where, start, c, 0)
+        s = _linear(_slice(h, start, c, 0), w, b)
+        if len(teacher) == 1:
+            t = _slice(teacher_rows, start, c, 0)
         else:
-            ct_c = jnp.where(new, _rows(ct, start, c), 0.0)
-            v, wh, g = _chunk_grad(spec, hyper, s, t, valid, ct_c, w_c)
-            grads = _accumulate(grads, h_c, w, g, start, new)
-        values = _write(values, start, new, v.astype(out_dtype))
-        return values, _write(heads, start, new, wh.astype(out_dtype)), grads
+            t = _linear(_slice(teacher_rows, start, c, 0), *teacher[1:])
+        chunk = kd.row_statistics(
+            s,
+            t,
+            method=spec.method,
+            temperature=hp["temperature"],
+            mu=hp["mu"],
+            head_ratio=hp["head_ratio"],
+            weight_temperature=hp["weight_temperature"],
+            path=spec.path,
+            where=valid,
+        )
+        return jax.tree.map(lambda x, y: _write(x, start, new, y.astype(x.dtype), 0), stats, chunk)
 
-    grads = None
-    if ct is not None:
-        db = None if b is None else jnp.zeros(b.shape, acc)
-        grads = (jnp.zeros(h.shape, acc), jnp.zeros(w.shape, acc), db)
-    init = (jnp.zeros((n,), out_dtype), jnp.zeros((n,), out_dtype), grads)
-    return jax.lax.fori_loop(0, -(-n // c), body, init)
+    dtype = jnp.promote_types(_acc_dtype(h, w), _acc_dtype(teacher[0]))
+    init = kd.RowStats(*(jnp.zeros((n,), dtype) for _ in kd.RowStats._fields))
+    return _loop(-(-n // c), body, init, (h, teacher[0], where))
+
+
+def _column_sweep(spec, student, teacher, where, hyper, stats, ct) -> tuple:
+    """(dh [N, H], dW [H, V], db [V] or None) of sum_rows ct * values, ct [N], in the inputs'
+    dtypes, over blocks of spec.cols vocabulary columns."""
+    h, w, b = student
+    v, k = w.shape[1], spec.cols
+    hp = _hyper(spec, hyper)
+    if where is not None:  # padding may hold NaN: keep it out of dW = h^T g
+        h = jnp.where(where[:, None], h, 0)
+    mm_dtype = jnp.result_type(h, w)  # bf16 weights: bf16 matmuls, float32 accumulation
+
+    def body(j, grads, ops):
+        dh, dw, db = grads
+        w, b, teacher_cols = ops
+        start, new = _block(j, k, v)
+        w_j, b_j = _slice(w, start, k, 1), _slice(b, start, k, 0)
+        if len(teacher) == 1:
+            t = _slice(teacher_cols[0], start, k, 1)
+        else:
+            t_w, t_b = teacher_cols
+            t = _linear(teacher[0], _slice(t_w, start, k, 1), _slice(t_b, start, k, 0))
+        g = kd.student_logit_grad(
+            _linear(h, w_j, b_j),
+            t,
+            stats,
+            ct,
+            method=spec.method,
+            temperature=hp["temperature"],
+            head_ratio=hp["head_ratio"],
+            where=where,
+        )
+        g = jnp.where(new, g, 0.0)  # columns of the block before (the last block overlaps)
+        g_mm = g.astype(mm_dtype)
+        dh = dh + jax.lax.dot_general(
+            g_mm, w_j, (((1,), (1,)), ((), ())), preferred_element_type=dh.dtype
+        )
+        dw_j = jax.lax.dot_general(
+            h, g_mm, (((0,), (0,)), ((), ())), preferred_element_type=g.dtype
+        )
+        dw = _write(dw, start, new, dw_j.astype(w.dtype), 1)
+        db = None if db is None else _write(db, start, new, jnp.sum(g, 0).astype(b.dtype), 0)
+        return dh, dw, db
+
+    init = (
+        jnp.zeros(h.shape, _acc_dtype(h, w)),
+        _buffer(w.shape, w.dtype),
+        None if b is None else _buffer(b.shape, b.dtype),
+    )
+    teacher_cols = teacher if len(teacher) == 1 else teacher[1:]
+    dh, dw, db = _loop(-(-v // k), body, init, (w, b, teacher_cols))
+    db = None if b is None else _unbuffer(db, b.dtype)
+    return dh.astype(student[0].dtype), _unbuffer(dw, w.dtype), db
 
 
 # --------------------------------------------------------------------------- the custom VJP
@@ -242,39 +295,30 @@ def _row_count(values: Array, where: Array | None) -> Array:
     return jnp.maximum(jnp.asarray(count, values.dtype), 1)
 
 
+def _outputs(spec: _Spec, stats: kd.RowStats, where) -> tuple[Array, Array]:
+    """(loss [N] or scalar, head weights [N])."""
+    return _reduce(spec, stats.value, where), stats.w_fkl
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
     """(loss [N] or scalar, head weights [N]); student = (hidden [N, H], weight [H, V], bias)."""
-    values, heads, _ = _sweep(spec, student, teacher, where, hyper)
-    return _reduce(spec, values, where), heads
+    return _outputs(spec, _row_sweep(spec, student, teacher, where, hyper), where)
 
 
 def _fused_fwd(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
-    if spec.reduction == "none":
-        values, heads, _ = _sweep(spec, student, teacher, where, hyper)
-        saved_heads = heads if spec.method == "hta_kl" else None
-        return (values, heads), (student, teacher, where, hyper, saved_heads)
-    n = student[0].shape[0]
-    out_dtype = jnp.promote_types(_acc_dtype(*student[:2]), _acc_dtype(teacher[0]))
-    ct = jnp.ones((n,), out_dtype)
-    if spec.reduction == "mean":
-        ct = ct / _row_count(ct, where)
-    values, heads, grads = _sweep(spec, student, teacher, where, hyper, ct=ct)
-    return (_reduce(spec, values, where), heads), (student, grads)
+    stats = _row_sweep(spec, student, teacher, where, hyper)
+    return _outputs(spec, stats, where), (student, teacher, where, hyper, stats)
 
 
 def _fused_bwd(spec: _Spec, residuals: tuple, cotangents: tuple):
+    student, teacher, where, hyper, stats = residuals
     ct = cotangents[0]  # the head weights' cotangent is dropped: they carry no gradient
-    if spec.reduction == "none":
-        student, teacher, where, hyper, heads = residuals
-        _, _, grads = _sweep(spec, student, teacher, where, hyper, ct=ct, w_head=heads)
-    else:
-        student, grads = residuals
-        grads = jax.tree.map(lambda g: g * ct.astype(g.dtype), grads)
-    d_student = tuple(
-        None if x is None else g.astype(x.dtype) for x, g in zip(student, grads, strict=True)
-    )
-    return d_student, None, None, None
+    ct = jnp.broadcast_to(ct, stats.value.shape).astype(stats.value.dtype)
+    if spec.reduction == "mean":
+        ct = ct / _row_count(ct, where)
+    grads = _column_sweep(spec, student, teacher, where, hyper, stats, ct)
+    return grads, None, None, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -335,12 +379,13 @@ def _teacher_operands(teacher: Any, num_rows: int) -> tuple:
     return tuple(None if x is None else jax.lax.stop_gradient(jnp.asarray(x)) for x in ops)
 
 
-def _resolve_chunk(chunk_rows: int | str, num_rows: int, vocab: int) -> int:
-    if chunk_rows == "auto":
-        return chunk_rows_for(num_rows, vocab)
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be 'auto' or a positive int, got {chunk_rows!r}")
-    return min(chunk_rows, num_rows)
+def _resolve_size(name: str, value: int | str, auto: int, limit: int) -> int:
+    """A chunk_rows / chunk_cols argument: "auto" -> `auto`, a positive int -> at most `limit`."""
+    if value == "auto":
+        return auto
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be 'auto' or a positive int, got {value!r}")
+    return min(value, limit)
 
 
 def fused_linear_kd_with_weight(
@@ -357,6 +402,7 @@ def fused_linear_kd_with_weight(
     bias: Array | None = None,
     path: str = "auto",
     chunk_rows: int | str = "auto",
+    chunk_cols: int | str = "auto",
     reduction: str = "none",
 ) -> tuple[Array, Array]:
     """:func:`fused_linear_kd` and the head weight w_head [...] it used (for logging; gradient-free;
@@ -376,7 +422,8 @@ def fused_linear_kd_with_weight(
     spec = _Spec(
         method=method,
         path=path,
-        chunk=_resolve_chunk(chunk_rows, num_rows, vocab),
+        chunk=_resolve_size("chunk_rows", chunk_rows, chunk_rows_for(num_rows, vocab), num_rows),
+        cols=_resolve_size("chunk_cols", chunk_cols, chunk_cols_for(num_rows, vocab), vocab),
         reduction=reduction,
         static_hyper=tuple((k, v) for k, v in hyper.items() if _is_static(v)),
     )
@@ -402,6 +449,7 @@ def fused_linear_kd(
     bias: Array | None = None,
     path: str = "auto",
     chunk_rows: int | str = "auto",
+    chunk_cols: int | str = "auto",
     reduction: str = "none",
 ) -> Array:
     """KD loss of the student logits `hidden @ weight + bias` without materialising them.
@@ -409,7 +457,8 @@ def fused_linear_kd(
     Equals `loss(hidden @ weight + bias, teacher_logits, ...)` per example, in value and in its
     gradients with respect to hidden, weight and bias, up to float32 rounding, for `loss` the
     method's function (:func:`kd.forward_kl`, `reverse_kl`, `symmetric_kl`, `fixed_ratio_kl`,
-    `hta_kl`), while keeping only a few [chunk_rows, V] temporaries (see the module docstring).
+    `hta_kl`), while keeping only a few [chunk_rows, V] and [N, chunk_cols] temporaries (see the
+    module docstring).
 
     Args:
       hidden: student hidden states [..., H] (e.g. [batch, length, H]); bf16 is fine (logits
@@ -423,12 +472,12 @@ def fused_linear_kd(
         here (no gradient), Python numbers compiled in, arrays traced.
       where: optional bool [...] mask of valid rows (padding): other rows give 0 and no
         gradient; their hidden states and teacher logits may hold anything.
-      chunk_rows: rows per chunk, or "auto" (:func:`chunk_rows_for`: about 2M logits per chunk
-        on the CPU backend, 16M and at least 256 rows elsewhere). Larger chunks: fewer passes
-        over the projection (each chunk's matmul reads all of it), more memory.
-      reduction: "none" (per-example values [...], any cotangent: the backward recomputes the
-        chunk logits), "sum" or "mean" (over valid rows; a scalar: the gradient is computed in
-        the forward pass, no recompute).
+      chunk_rows: rows per forward chunk, or "auto" (:func:`chunk_rows_for`: about 2M logits
+        per chunk on the CPU backend, 16M and at least 256 rows elsewhere). Larger chunks:
+        fewer passes over the projection (each chunk's matmul reads all of it), more memory.
+      chunk_cols: vocabulary columns per backward block, or "auto" (:func:`chunk_cols_for`:
+        about 4M logits per block on the CPU backend, 16M elsewhere, at least 128 columns).
+      reduction: "none" (per-example values [...]), "sum" or "mean" (over valid rows).
     """
     return fused_linear_kd_with_weight(
         hidden,
@@ -443,5 +492,6 @@ def fused_linear_kd(
         bias=bias,
         path=path,
         chunk_rows=chunk_rows,
+        chunk_cols=chunk_cols,
         reduction=reduction,
     )[0]

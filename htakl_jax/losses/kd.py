@@ -224,13 +224,18 @@ def _kd_rows(
 
 
 def _kd_rows_fwd(spec, s, t, temperature, weights, head, where):
-    rows = functools.partial(_rows_forward, spec, temperature=temperature, head=head)
-    out = _over_row_blocks(
-        spec.block, lambda *ops: rows(*ops[:2], weights=ops[2], where=ops[3]), s, t, weights, where
-    )
+    out = _all_rows_forward(spec, s, t, temperature, weights, head, where)
     loss, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl = out
     residuals = (s, t, temperature, weights, head, where, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl)
     return (loss, w_fkl), residuals
+
+
+def _all_rows_forward(spec: _Spec, s, t, temperature, weights, head, where) -> tuple:
+    """`_rows_forward` of all rows [R, C], over row blocks of spec.block rows."""
+    rows = functools.partial(_rows_forward, spec, temperature=temperature, head=head)
+    return _over_row_blocks(
+        spec.block, lambda *ops: rows(*ops[:2], weights=ops[2], where=ops[3]), s, t, weights, where
+    )
 
 
 def _kd_rows_bwd(spec, residuals, cotangents):
@@ -238,20 +243,29 @@ def _kd_rows_bwd(spec, residuals, cotangents):
     g, g_w = cotangents
     pair = _pair_from_normalisers(s, t, temperature, lse_s, lse_t)
     d = _log_ratio(pair.log_p, pair.p, pair.log_q, pair.q)
-    dz_s, dz_t = 0.0, 0.0
+    g_f, g_r = (g * w_fkl)[:, None], (g * w_rkl)[:, None]
+    dz_s = _student_dz(spec.terms, pair, d, g_f, g_r, rkl)
+    dz_t = 0.0
     if spec.terms[0]:
-        g_f = (g * w_fkl)[:, None]
-        dz_s = dz_s + g_f * (pair.q - pair.p)
         dz_t = dz_t + g_f * jnp.where(pair.p > 0, pair.p * (d - fkl[:, None]), 0.0)
     if spec.terms[1]:
-        g_r = (g * w_rkl)[:, None]
-        dz_s = dz_s + g_r * jnp.where(pair.q > 0, pair.q * (-d - rkl[:, None]), 0.0)
         dz_t = dz_t + g_r * (pair.p - pair.q)
     ds, dt = dz_s / temperature, dz_t / temperature
     d_temperature = -(_finite_dot(ds, s) + _finite_dot(dt, t)) / temperature
     d_weights = None if weights is None else (g * fkl + g_w, g * rkl)
     d_head = jax.tree.map(jnp.zeros_like, head)
     return ds, dt, d_temperature.astype(temperature.dtype), d_weights, d_head, None
+
+
+def _student_dz(terms, pair: _SoftmaxPair, d: Array, g_f: Array, g_r: Array, rkl: Array):
+    """d(g_f * FKL + g_r * RKL) / dz_s, z_s = s / tau: [R, C] (any subset of the classes);
+    g_f, g_r [R, 1] weighted cotangents, rkl [R]."""
+    dz_s = 0.0
+    if terms[0]:
+        dz_s = dz_s + g_f * (pair.q - pair.p)
+    if terms[1]:
+        dz_s = dz_s + g_r * jnp.where(pair.q > 0, pair.q * (-d - rkl[:, None]), 0.0)
+    return dz_s
 
 
 _kd_rows.defvjp(_kd_rows_fwd, _kd_rows_bwd)
@@ -265,6 +279,60 @@ def _pair_from_normalisers(s, t, temperature, lse_s, lse_t) -> _SoftmaxPair:
 def _finite_dot(cotangent: Array, logits: Array) -> Array:
     """sum(cotangent * logits) over finite logits: -inf (masked) classes add 0, not NaN."""
     return jnp.sum(jnp.where(jnp.isfinite(logits), cotangent * logits, 0.0))
+
+
+def _terms(weights: tuple[Any, Any]) -> tuple[bool, bool]:
+    """Which KL terms (FKL, RKL) fixed weights keep: a Python 0 drops its term."""
+    return tuple(not (_is_concrete_number(w) and w == 0) for w in weights)
+
+
+class _Rows(NamedTuple):
+    """A KD loss's inputs as rows: masked logits s, t [R, C] (float32 at least), tau, the fixed
+    weights ([R] each) or HTA-KL's head arguments, the valid rows [R] (or None), the spec, and
+    the logits' leading shape [...] (R its size)."""
+
+    spec: _Spec
+    s: Array
+    t: Array
+    tau: Array
+    weights: tuple[Array, Array] | None
+    head: tuple[Array, Array | None] | None
+    where: Array | None
+    lead: tuple[int, ...]
+
+
+def _as_rows(
+    student_logits: Array,
+    teacher_logits: Array,
+    temperature: Any,
+    where: Array | None,
+    row_block: int | str | None,
+    weights: tuple[Any, Any] | None,
+    head: tuple[Any, Any, str] | None,
+) -> _Rows:
+    """Validate and reshape a KD loss's inputs; `weights`, `head` and `row_block` as in `_kd`."""
+    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
+    shape = jnp.shape(teacher_logits)
+    lead, num_classes = shape[:-1], shape[-1]
+    num_rows = math.prod(lead)
+    s = _mask_logits(student_logits, where).reshape(num_rows, num_classes)
+    t = _mask_logits(teacher_logits, where).reshape(num_rows, num_classes)
+    tau = jnp.asarray(temperature, s.dtype)
+    where_rows = None if where is None else jnp.asarray(where, bool).reshape(num_rows)
+    searches = head is not None and head_set.resolve_path(head[2], num_classes) == "threshold"
+    block = _resolve_row_block(row_block, num_rows, num_classes, searches)
+    if head is None:
+        spec = _Spec(_terms(weights), False, "auto", block)
+        weights = tuple(
+            jnp.broadcast_to(jnp.asarray(w, s.dtype), lead).reshape(num_rows) for w in weights
+        )
+        return _Rows(spec, s, t, tau, weights, None, where_rows, lead)
+    mu, weight_temperature, path = head
+    if weight_temperature is not None:
+        weight_temperature = jnp.asarray(weight_temperature, s.dtype)
+    head_args = (jnp.asarray(mu, s.dtype), weight_temperature)
+    spec = _Spec((True, True), True, path, block)
+    return _Rows(spec, s, t, tau, None, head_args, where_rows, lead)
 
 
 def _kd(
@@ -281,31 +349,10 @@ def _kd(
     Fixed `weights` (w_fkl, w_rkl), numbers or arrays broadcastable to [...] (a Python 0 drops
     its term), or HTA-KL's `head` (mu, weight_temperature, path). `row_block` as in `hta_kl`.
     """
-    _check_kd_inputs(student_logits, teacher_logits, temperature, where)
-    shape = jnp.shape(teacher_logits)
-    lead, num_classes = shape[:-1], shape[-1]
-    num_rows = math.prod(lead)
-    s = _mask_logits(student_logits, where).reshape(num_rows, num_classes)
-    t = _mask_logits(teacher_logits, where).reshape(num_rows, num_classes)
-    tau = jnp.asarray(temperature, s.dtype)
-    where_rows = None if where is None else jnp.asarray(where, bool).reshape(num_rows)
-    searches = head is not None and head_set.resolve_path(head[2], num_classes) == "threshold"
-    block = _resolve_row_block(row_block, num_rows, num_classes, searches)
-    if head is None:
-        terms = tuple(not (_is_concrete_number(w) and w == 0) for w in weights)
-        weights = tuple(
-            jnp.broadcast_to(jnp.asarray(w, s.dtype), lead).reshape(num_rows) for w in weights
-        )
-        spec, head_args = _Spec(terms, False, "auto", block), None
-    else:
-        mu, weight_temperature, path = head
-        if weight_temperature is not None:
-            weight_temperature = jnp.asarray(weight_temperature, s.dtype)
-        spec = _Spec((True, True), True, path, block)
-        head_args = (jnp.asarray(mu, s.dtype), weight_temperature)
-    rows, w_fkl = _kd_rows(spec, s, t, tau, weights, head_args, where_rows)
-    values = _apply_where(tau**2 * rows.reshape(lead), where)
-    return values, w_fkl.reshape(lead)
+    r = _as_rows(student_logits, teacher_logits, temperature, where, row_block, weights, head)
+    rows, w_fkl = _kd_rows(r.spec, r.s, r.t, r.tau, r.weights, r.head, r.where)
+    values = _apply_where(r.tau**2 * rows.reshape(r.lead), where)
+    return values, w_fkl.reshape(r.lead)
 
 
 def _weighted_kl(
@@ -479,12 +526,17 @@ def hta_kl_with_weight(
     weight_temperature: float | None = None,
 ) -> tuple[Array, Array]:
     """:func:`hta_kl` [...] and the head weight w_head [...] it used (for logging)."""
+    head = _head_args(mu, weight_temperature, path)
+    return _kd(student_logits, teacher_logits, temperature, where, row_block, head=head)
+
+
+def _head_args(mu: Any, weight_temperature: Any, path: str) -> tuple[Any, Any, str]:
+    """HTA-KL's head arguments (mu, weight_temperature, path) for `_kd`, validated."""
     _check_mu(mu)
     if weight_temperature is not None:
         _check_temperature(weight_temperature)
     head_set.check_path(path)
-    head = (mu, weight_temperature, path)
-    return _kd(student_logits, teacher_logits, temperature, where, row_block, head=head)
+    return mu, weight_temperature, path
 
 
 def hta_kl(
@@ -557,6 +609,99 @@ def wsld(
     return _apply_where(tau**2 * weight * soft_ce, where)
 
 
+# --------------------------------------------------------------------------- per-row statistics
+#
+# Every KD loss's gradient with respect to the student logits is elementwise once a few per-row
+# numbers are known (see `_kd_rows_bwd`), so it can be taken class block by class block. This is
+# what a caller that never holds whole rows of logits needs (fused.py's vocabulary sweep): one
+# pass over whole rows for the statistics, then the gradient of any block of classes.
+
+KD_METHODS = ("fkl", "rkl", "symmetric", "fixed_ratio", "hta_kl")
+
+
+class RowStats(NamedTuple):
+    """A KD loss's per-row statistics, each [...] (the logits' leading shape)."""
+
+    value: Array  # the loss: tau^2 * (w_fkl * FKL + w_rkl * RKL), 0 outside `where`
+    w_fkl: Array  # the FKL weight (HTA-KL: w_head)
+    w_rkl: Array  # the RKL weight (HTA-KL: w_tail)
+    lse_s: Array  # logsumexp of student logits / tau (of masked logits: 0 outside `where`)
+    lse_t: Array  # logsumexp of teacher logits / tau
+    rkl: Array  # KL(q || p) at tau (0 for a method without the RKL term)
+
+
+def _check_method(method: str) -> None:
+    if method not in KD_METHODS:
+        raise ValueError(f"unknown KD method {method!r}; expected one of {KD_METHODS}")
+
+
+def row_statistics(
+    student_logits: Array,
+    teacher_logits: Array,
+    *,
+    method: str,
+    temperature: float = 1.0,
+    mu: float = 0.5,
+    head_ratio: float | None = None,
+    weight_temperature: float | None = None,
+    path: str = "auto",
+    where: Array | None = None,
+    row_block: int | str | None = "auto",
+) -> RowStats:
+    """The forward of a KD loss with what its gradient needs: [..., C] -> RowStats of [...].
+
+    `method` is one of KD_METHODS; the other arguments as in the method's function
+    (:func:`hta_kl`, :func:`fixed_ratio_kl`, ...), whose value `.value` equals. Gradient-free
+    (differentiate the losses themselves); see :func:`student_logit_grad` for the gradient.
+    """
+    _check_method(method)
+    weights = _fixed_weights(method, head_ratio)
+    head = None if weights is not None else _head_args(mu, weight_temperature, path)
+    student_logits = jax.lax.stop_gradient(student_logits)
+    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+    r = _as_rows(student_logits, teacher_logits, temperature, where, row_block, weights, head)
+    out = _all_rows_forward(r.spec, r.s, r.t, r.tau, r.weights, r.head, r.where)
+    loss, w_fkl, w_rkl, lse_s, lse_t, _, rkl = (x.reshape(r.lead) for x in out)
+    value = _apply_where(r.tau**2 * loss, where)
+    return RowStats(value, w_fkl, w_rkl, lse_s, lse_t, rkl)
+
+
+def student_logit_grad(
+    student_logits: Array,
+    teacher_logits: Array,
+    stats: RowStats,
+    cotangent: Array,
+    *,
+    method: str,
+    temperature: float = 1.0,
+    head_ratio: float | None = None,
+    where: Array | None = None,
+) -> Array:
+    """d(sum of cotangent * stats.value) / d(student logits) on a block of classes: [..., K].
+
+    `student_logits` and `teacher_logits` [..., K] hold any K of the C classes `stats` came
+    from (:func:`row_statistics` on the whole rows, same method and temperature), e.g. one
+    vocabulary block; cotangent [...]. The gradient is elementwise given the statistics, so the
+    blocks' gradients put together equal the loss's gradient (its VJP on whole rows). Rows
+    outside `where` give 0 (their logits may hold anything).
+    """
+    _check_method(method)
+    _check_pair(student_logits, teacher_logits)
+    weights = _fixed_weights(method, head_ratio)
+    terms = (True, True) if weights is None else _terms(weights)
+    shape = jnp.shape(student_logits)
+    s = student_logits.astype(_compute_dtype(student_logits)).reshape(-1, shape[-1])
+    t = teacher_logits.astype(s.dtype).reshape(s.shape)
+    flat = jax.tree.map(lambda x: jnp.reshape(x, (-1,)).astype(s.dtype), stats)
+    tau = jnp.asarray(temperature, s.dtype)
+    pair = _pair_from_normalisers(s, t, tau, flat.lse_s, flat.lse_t)
+    d = _log_ratio(pair.log_p, pair.p, pair.log_q, pair.q)
+    g = tau**2 * jnp.reshape(cotangent, (-1,)).astype(s.dtype)  # the values' tau^2
+    g_f, g_r = (g * flat.w_fkl)[:, None], (g * flat.w_rkl)[:, None]
+    ds = (_student_dz(terms, pair, d, g_f, g_r, flat.rkl) / tau).reshape(shape)
+    return ds if where is None else jnp.where(jnp.asarray(where, bool)[..., None], ds, 0.0)
+
+
 # --------------------------------------------------------------------------- total objective
 
 # The fixed-weight methods as their FKL weight r (loss r * FKL + (1 - r) * RKL).
@@ -599,6 +744,15 @@ def _time_mean(student_logits: Array, teacher_logits: Array) -> Array:
     return student_logits
 
 
+def _fixed_weights(method: str, head_ratio: Any) -> tuple[Any, Any] | None:
+    """(w_fkl, w_rkl) of a fixed-weight KD method (validated), None for "hta_kl"."""
+    if method == "hta_kl":
+        return None
+    ratio = _FIXED_RATIOS.get(method, head_ratio)
+    _check_head_ratio(ratio)
+    return ratio, 1.0 - ratio
+
+
 def _kd_term(
     method: str,
     student_logits: Array,
@@ -611,7 +765,8 @@ def _kd_term(
     weight_temperature: Any = None,
 ) -> tuple[Array, Array]:
     """Per-example KD loss [B...] of `method` and its (mean) head weight."""
-    if method == "hta_kl":
+    weights = _fixed_weights(method, head_ratio)
+    if weights is None:
         kd, w_head = hta_kl_with_weight(
             student_logits,
             teacher_logits,
@@ -621,10 +776,8 @@ def _kd_term(
             weight_temperature=weight_temperature,
         )
         return kd, _masked_mean(w_head, where)
-    ratio = _FIXED_RATIOS.get(method, head_ratio)
-    _check_head_ratio(ratio)
-    kd = _weighted_kl(student_logits, teacher_logits, ratio, 1.0 - ratio, temperature, where)
-    return kd, jnp.asarray(ratio, _compute_dtype(student_logits))
+    kd = _weighted_kl(student_logits, teacher_logits, *weights, temperature, where)
+    return kd, jnp.asarray(weights[0], _compute_dtype(student_logits))
 
 
 def distillation_loss(
