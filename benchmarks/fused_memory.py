@@ -6,9 +6,8 @@ output projection [H, V] (float32 by default) of the mean KD loss over N tokens:
 - ``unfused``: ``method(hidden @ weight, teacher_logits).mean()`` with the library's defaults
   (``htakl_jax.losses``; on the CPU backend HTA-KL already maps over row blocks of its logits);
 - ``fused``: ``fused_linear_kd(hidden, weight, teacher, reduction="none").mean()`` (per-token
-  values, any cotangent: the backward recomputes each chunk's logits);
-- ``fused mean``: ``fused_linear_kd(..., reduction="mean")`` (a scalar: the gradient is computed
-  in the forward pass, no recompute).
+  values, any cotangent);
+- ``fused mean``: ``fused_linear_kd(..., reduction="mean")`` (a scalar; the same backward).
 
 The teacher comes as logits [N, V] (a jit argument: counted in neither side's temporaries) or,
 with ``--teacher linear``, as hidden states [N, H'] and a projection [H', V] (the unfused path
@@ -69,8 +68,9 @@ def _unfused_loss(method: str, temperature: float) -> Callable:
     return loss
 
 
-def _fused_loss(method: str, temperature: float, reduction: str, chunk_rows) -> Callable:
+def _fused_loss(method: str, temperature: float, reduction: str, chunks: tuple) -> Callable:
     kwargs = _kwargs(method, temperature)
+    chunk_rows, chunk_cols = chunks
 
     def loss(hidden, weight, teacher):
         out = fused.fused_linear_kd(
@@ -79,6 +79,7 @@ def _fused_loss(method: str, temperature: float, reduction: str, chunk_rows) -> 
             teacher,
             method=method,
             chunk_rows=chunk_rows,
+            chunk_cols=chunk_cols,
             reduction=reduction,
             **kwargs,
         )
@@ -87,12 +88,12 @@ def _fused_loss(method: str, temperature: float, reduction: str, chunk_rows) -> 
     return loss
 
 
-def _steps(method: str, temperature: float, chunk_rows) -> dict[str, Callable]:
+def _steps(method: str, temperature: float, chunks: tuple) -> dict[str, Callable]:
     """Jitted value-and-grad (w.r.t. hidden and weight) of each variant."""
     fns = {
         "unfused": _unfused_loss(method, temperature),
-        "fused": _fused_loss(method, temperature, "none", chunk_rows),
-        "fused mean": _fused_loss(method, temperature, "mean", chunk_rows),
+        "fused": _fused_loss(method, temperature, "none", chunks),
+        "fused mean": _fused_loss(method, temperature, "mean", chunks),
     }
     return {k: jax.jit(jax.value_and_grad(f, argnums=(0, 1))) for k, f in fns.items()}
 
@@ -120,14 +121,15 @@ def _inputs(args, concrete: bool):
 
 
 def bench(method: str, args) -> dict:
-    chunk = args.chunk_rows if args.chunk_rows == "auto" else int(args.chunk_rows)
-    steps = _steps(method, args.temperature, chunk)
+    rows, cols = (x if x == "auto" else int(x) for x in (args.chunk_rows, args.chunk_cols))
+    steps = _steps(method, args.temperature, (rows, cols))
     abstract = _inputs(args, concrete=False)
     row = {
         "method": method,
         "teacher": args.teacher,
         "shape": f"N={args.tokens} H={args.hidden} V={args.vocab} {args.dtype}",
-        "chunk rows": fused.chunk_rows_for(args.tokens, args.vocab) if chunk == "auto" else chunk,
+        "chunk rows": fused.chunk_rows_for(args.tokens, args.vocab) if rows == "auto" else rows,
+        "chunk cols": fused.chunk_cols_for(args.tokens, args.vocab) if cols == "auto" else cols,
     }
     for name, step in steps.items():
         mem = step.lower(*abstract).compile().memory_analysis()
@@ -164,6 +166,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["hta_kl", "fkl"])
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--chunk-rows", default="auto", help="'auto' or an int")
+    parser.add_argument("--chunk-cols", default="auto", help="'auto' or an int")
     parser.add_argument("--time", action="store_true", help="also time both (runs them)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="write results as JSON here")
@@ -173,7 +176,7 @@ def main() -> None:
         rows.append(bench(method, args))
         print(rows[-1], flush=True)
     print(f"device={jax.devices()[0].device_kind}; temp = XLA compiled memory analysis")
-    columns = ["method", "teacher", "shape", "chunk rows"]
+    columns = ["method", "teacher", "shape", "chunk rows", "chunk cols"]
     columns += [f"{name} temp MiB" for name in VARIANTS]
     for name in VARIANTS[1:]:
         columns += [f"{name} / unfused temp", f"{name} memory goal"]

@@ -6,15 +6,17 @@
 #      timed in the same process;
 #   2. lif.py: the (unrolled, fused) LIF forward+backward at [4, 256, 64, 32, 32] (256 MiB per
 #      array, several times the L2 cache) against a device copy;
-#   3. loss.py: HTA-KL, FKL and CE gradients at [128, 100] and [4096, 32000].
+#   3. loss.py: HTA-KL, FKL and CE gradients at [128, 100] and [4096, 32000];
+#   4. fused_memory.py: the fused-linear HTA-KL and FKL against the unfused path (memory and
+#      time) at 4,096 tokens, hidden 512, vocabulary 32,000, float32 and bfloat16.
 # SpikingJelly (torch on the same GPU, its own CUDA LIF kernels) and the PyTorch loss port run
 # alongside when torch with CUDA and spikingjelly are importable; skipped with a message otherwise.
 # The repository root goes on PYTHONPATH, so no install of this package is needed; the machine
 # needs a CUDA jax (pip install -e ".[gpu]") plus flax and optax.
 #
 #   bash benchmarks/gpu.sh [OUT_DIR=bench_gpu] [--dry-run]
-# Prints each table and writes OUT_DIR/{env.txt,step_<dtype>_b<batch>,lif,loss}.json and
-# OUT_DIR/log.txt. A failing benchmark is reported and the next one still runs; the exit status is
+# Prints each table and writes OUT_DIR/env.txt, OUT_DIR/log.txt and
+# OUT_DIR/{step_<dtype>_b<batch>,lif,loss,fused_<dtype>}.json. A failing benchmark is reported and the next one still runs; the exit status is
 # the number of failures. --dry-run builds and runs every case once at tiny sizes on the CPU (width
 # 1/16, batches 2 and 4, a 256^3 matmul), so that a GPU run cannot fail on a path or an import.
 set -uo pipefail
@@ -32,10 +34,12 @@ if ((dry)); then
   width=0.0625 batches="2 4" repeats=1 matmul=256
   lif_args=(--batch 2 --features 8 8 8 --repeats 1)
   loss_args=(--big-rows 8 --repeats 1 --slow-repeats 1)
+  fused_args=(--tokens 64 --hidden 8 --vocab 100 --repeats 1)
 else
   width=1.0 batches="64 256" repeats=20 matmul=8192
   lif_args=(--batch 256 --repeats 20)
   loss_args=(--repeats 10 --slow-repeats 5)
+  fused_args=(--repeats 10)
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # JAX and torch share the GPU in one process: leave torch room beside JAX's preallocated pool.
@@ -81,4 +85,8 @@ for dtype in float32 bfloat16; do
 done
 bench lif python3 benchmarks/lif.py "${lif_args[@]}" --out "$out/lif.json"
 bench loss python3 benchmarks/loss.py "${loss_args[@]}" --out "$out/loss.json"
+for dtype in float32 bfloat16; do
+  bench "fused $dtype" python3 benchmarks/fused_memory.py --methods hta_kl fkl --time \
+    --dtype "$dtype" "${fused_args[@]}" --out "$out/fused_$dtype.json"
+done
 exit "$failures"

@@ -20,10 +20,11 @@ Design (one `jax.custom_vjp`, two sweeps):
   (:func:`kd.student_logit_grad`), so each block recomputes its logits h @ W[:, j] (+ the
   teacher's), takes the block's gradient g_j [N, cols], writes dW[:, j] = h^T g_j and
   db[j] = sum_rows g_j once, in the parameter's dtype, and accumulates dh += g_j W[:, j]^T in
-  float32. Every matmul has N or H as its long side, and no [H, V] accumulator is read and
-  written per chunk (row chunks did: 1.4x the unfused matmul time on the CPU, where this sweep
-  is at par). One matmul more than the unfused gradient's three (the forward's), and the
-  backward serves every reduction: "none" takes any per-row cotangent, "sum"/"mean" a scalar.
+  float32. No [H, V] accumulator is read and written per chunk, as in a row-chunked backward
+  (its three matmuls took 1.4x the unfused ones' time on the CPU, these 0.93x; ad-hoc, at
+  [4096 x 512] @ [512, 32000]). One matmul more than the unfused gradient's three (the
+  forward's), and the backward serves every reduction: "none" takes any per-row cotangent,
+  "sum"/"mean" a scalar.
 - Chunks and blocks that do not divide the rows or the vocabulary start earlier (overlap the
   one before) instead of padding, so no input is copied; overlapping rows or columns are
   written once.
@@ -61,8 +62,9 @@ REDUCTIONS = ("none", "sum", "mean")
 # "auto" chunks and blocks (`chunk_rows_for`, `chunk_cols_for`): about this many elements per
 # [rows, V] chunk or [N, cols] block. On the CPU backend 2M elements per chunk (8 MiB in float32;
 # V = 32000: 64 rows) and 4M per block (N = 4096: 1024 columns); at [4096 x 512] @ [512, 32000]
-# the fused gradient's temporaries are then 5% of the unfused ones, and 1024 columns ran 5-7%
-# faster than 512, 4096 slower again (benchmarks/fused_memory.py, README). Each chunk's KD
+# the fused gradient's temporaries are then 5% of the unfused ones; 1024 columns ran 6% faster
+# than 512 and 64 rows faster than 32 or 128 (ad-hoc, one run each; benchmarks/fused_memory.py
+# and README for the rest). Each chunk's KD
 # forward runs over kd's smaller row blocks (row_block="auto"), as the head-set search's probe
 # sums materialise [rows, probes, V] on the CPU. Elsewhere 16M elements for both, and at least
 # ACCELERATOR_MIN_ROWS rows: every chunk's matmul reads the whole projection, so a GPU needs a
