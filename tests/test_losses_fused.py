@@ -296,7 +296,7 @@ def test_reductions_equal_the_reduced_materialised_loss(reduction, case):
     assert_close(value, value_ref)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         assert_close(g, g_ref)
-    # an upstream factor scales the gradient
+    # an upstream factor scales the gradient computed in the forward pass
     g3 = jax.grad(lambda *a: 3.0 * ours(*a), argnums=1)(*args)
     assert_close(g3, 3.0 * grads_ref[1])
 

@@ -6,25 +6,29 @@ the unfused gradient keeps several. :func:`fused_linear_kd` takes hidden states 
 projection [H, V] (and the teacher's logits [..., V], or its hidden states and projection) and
 returns the per-example values of the materialised loss, `method(hidden @ weight + bias,
 teacher_logits)`, and the same gradients with respect to hidden, weight and bias, up to float32
-rounding. The largest temporaries are a few [chunk_rows, V] and [N, chunk_cols] arrays.
+rounding. The largest temporaries are a few [chunk_rows, V] and [N, chunk_cols] arrays, and
+with a scalar reduction a float32 [H, V] accumulator.
 
-Design (one `jax.custom_vjp`, two sweeps):
+Design (one `jax.custom_vjp`):
 - Forward, over row chunks (`lax.fori_loop`, `chunk_rows` rows each): the student's logits
   h_c @ W + b with float32 accumulation (bf16 inputs give float32 logits and statistics), the
   teacher's (a slice, or t_c @ W_t + b_t), and kd's own forward on the chunk
   (:func:`kd.row_statistics`: the values, so they match the unfused loss by construction, and
   six numbers per row, HTA-KL's head weights among them). The head set needs whole rows; the
-  rest of the loss does not.
-- Backward, over vocabulary blocks of `chunk_cols` columns: given the per-row statistics and
-  cotangents, the gradient with respect to the logits is elementwise
-  (:func:`kd.student_logit_grad`), so each block recomputes its logits h @ W[:, j] (+ the
-  teacher's), takes the block's gradient g_j [N, cols], writes dW[:, j] = h^T g_j and
-  db[j] = sum_rows g_j once, in the parameter's dtype, and accumulates dh += g_j W[:, j]^T in
-  float32. No [H, V] accumulator is read and written per chunk, as in a row-chunked backward
-  (its three matmuls took 1.4x the unfused ones' time on the CPU, these 0.93x; ad-hoc, at
-  [4096 x 512] @ [512, 32000]). One matmul more than the unfused gradient's three (the
-  forward's), and the backward serves every reduction: "none" takes any per-row cotangent,
-  "sum"/"mean" a scalar.
+  gradient, given those numbers, does not: it is elementwise (:func:`kd.student_logit_grad`).
+- Backward of `reduction="none"` (any per-row cotangent), over vocabulary blocks of
+  `chunk_cols` columns: each block recomputes its logits h @ W[:, j] (+ the teacher's), takes
+  its gradient g_j [N, cols], writes dW[:, j] = h^T g_j and db[j] = sum_rows g_j once, in the
+  parameter's dtype, and accumulates dh += g_j W[:, j]^T in float32. One matmul more than the
+  unfused gradient's three, but no [H, V] accumulator read and written per chunk (in a
+  row-chunked backward the three matmuls took 1.4x the unfused ones' time on the CPU, these
+  0.93x; ad-hoc, at [4096 x 512] @ [512, 32000]).
+- `reduction="sum"` / `"mean"` (a scalar loss): its cotangent is one number, so the forward
+  computes the gradient in the same loop (Liger Kernel's approach: the unfused path's three
+  matmuls, no recompute): per chunk g_c, dh_c = g_c W^T, dW += h_c^T g_c and db += sum g_c in
+  float32; the backward scales them. It keeps a float32 [H, V] accumulator, and on the CPU ran
+  5-10% faster than the vocabulary sweep (ad-hoc, HTA-KL and FKL); for the sweep's lower memory
+  with a scalar loss, take reduction="none" and reduce.
 - Chunks and blocks that do not divide the rows or the vocabulary start earlier (overlap the
   one before) instead of padding, so no input is copied; overlapping rows or columns are
   written once.
@@ -196,37 +200,84 @@ def _block(i: Array, size: int, total: int) -> tuple[Array, Array]:
 # --------------------------------------------------------------------------- the two sweeps
 
 
-def _row_sweep(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict) -> kd.RowStats:
-    """kd.RowStats [N] of the student logits h @ W + b, over chunks of spec.chunk rows."""
+def _chunk_stats(spec: _Spec, hp: dict, s: Array, t: Array, valid: Array | None) -> kd.RowStats:
+    """kd.RowStats [c] of chunk logits s, t [c, V] (rows outside `valid` give 0)."""
+    return kd.row_statistics(
+        s,
+        t,
+        method=spec.method,
+        temperature=hp["temperature"],
+        mu=hp["mu"],
+        head_ratio=hp["head_ratio"],
+        weight_temperature=hp["weight_temperature"],
+        path=spec.path,
+        where=valid,
+    )
+
+
+def _chunk_grad(spec: _Spec, hp: dict, s, t, stats: kd.RowStats, ct: Array, valid) -> Array:
+    """d(sum_rows ct * values) / d s, [c, V], for chunk logits s, t [c, V] and their stats."""
+    return kd.student_logit_grad(
+        s,
+        t,
+        stats,
+        ct,
+        method=spec.method,
+        temperature=hp["temperature"],
+        head_ratio=hp["head_ratio"],
+        where=valid,
+    )
+
+
+def _accumulate(grads: tuple, h_c: Array, w: Array, g: Array, start: Array, new: Array):
+    """(dh, dW, db) plus one row chunk's share: dh_c = g W^T, h_c^T g, sum_rows g (float32)."""
+    dh, dw, db = grads
+    g_mm = g.astype(jnp.result_type(h_c, w))  # bf16 weights: bf16 matmul, float32 accumulation
+    dh_c = jax.lax.dot_general(g_mm, w, (((1,), (1,)), ((), ())), preferred_element_type=dw.dtype)
+    dw = dw + jax.lax.dot_general(
+        h_c, g_mm, (((0,), (0,)), ((), ())), preferred_element_type=dw.dtype
+    )
+    db = None if db is None else db + jnp.sum(g, axis=0).astype(db.dtype)
+    return _write(dh, start, new, dh_c.astype(dh.dtype), 0), dw, db
+
+
+def _row_sweep(spec: _Spec, student, teacher, where, hyper, ct=None) -> tuple:
+    """(kd.RowStats [N], grads) of the student logits h @ W + b over chunks of spec.chunk rows.
+
+    grads is None without `ct`; with a scalar `ct` (the cotangent of every row's value) it is
+    (dh [N, H], dW [H, V], db [V] or None) in float32, of ct * sum_rows values.
+    """
     h, w, b = student
     n, c = h.shape[0], spec.chunk
     hp = _hyper(spec, hyper)
 
-    def body(i, stats, ops):
+    def body(i, carry, ops):
+        stats, grads = carry
         h, teacher_rows, where = ops
         start, new = _block(i, c, n)
-        valid = _slice(where, start, c, 0)
-        s = _linear(_slice(h, start, c, 0), w, b)
+        valid, h_c = _slice(where, start, c, 0), _slice(h, start, c, 0)
+        if valid is not None:  # padding may hold NaN: keep it out of dW = h^T g
+            h_c = jnp.where(valid[:, None], h_c, 0)
+        s = _linear(h_c, w, b)
         if len(teacher) == 1:
             t = _slice(teacher_rows, start, c, 0)
         else:
             t = _linear(_slice(teacher_rows, start, c, 0), *teacher[1:])
-        chunk = kd.row_statistics(
-            s,
-            t,
-            method=spec.method,
-            temperature=hp["temperature"],
-            mu=hp["mu"],
-            head_ratio=hp["head_ratio"],
-            weight_temperature=hp["weight_temperature"],
-            path=spec.path,
-            where=valid,
-        )
-        return jax.tree.map(lambda x, y: _write(x, start, new, y.astype(x.dtype), 0), stats, chunk)
+        chunk = _chunk_stats(spec, hp, s, t, valid)
+        if grads is not None:
+            g = _chunk_grad(spec, hp, s, t, chunk, jnp.where(new, ct, 0.0), valid)
+            grads = _accumulate(grads, h_c, w, g, start, new)
+        stats = jax.tree.map(lambda x, y: _write(x, start, new, y.astype(x.dtype), 0), stats, chunk)
+        return stats, grads
 
     dtype = jnp.promote_types(_acc_dtype(h, w), _acc_dtype(teacher[0]))
     init = kd.RowStats(*(jnp.zeros((n,), dtype) for _ in kd.RowStats._fields))
-    return _loop(-(-n // c), body, init, (h, teacher[0], where))
+    grads = None
+    if ct is not None:
+        acc = _acc_dtype(h, w)
+        db = None if b is None else jnp.zeros(b.shape, acc)
+        grads = (jnp.zeros(h.shape, acc), jnp.zeros(w.shape, acc), db)
+    return _loop(-(-n // c), body, (init, grads), (h, teacher[0], where))
 
 
 def _column_sweep(spec, student, teacher, where, hyper, stats, ct) -> tuple:
@@ -249,16 +300,7 @@ def _column_sweep(spec, student, teacher, where, hyper, stats, ct) -> tuple:
         else:
             t_w, t_b = teacher_cols
             t = _linear(teacher[0], _slice(t_w, start, k, 1), _slice(t_b, start, k, 0))
-        g = kd.student_logit_grad(
-            _linear(h, w_j, b_j),
-            t,
-            stats,
-            ct,
-            method=spec.method,
-            temperature=hp["temperature"],
-            head_ratio=hp["head_ratio"],
-            where=where,
-        )
+        g = _chunk_grad(spec, hp, _linear(h, w_j, b_j), t, stats, ct, where)
         g = jnp.where(new, g, 0.0)  # columns of the block before (the last block overlaps)
         g_mm = g.astype(mm_dtype)
         dh = dh + jax.lax.dot_general(
@@ -305,22 +347,33 @@ def _outputs(spec: _Spec, stats: kd.RowStats, where) -> tuple[Array, Array]:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
     """(loss [N] or scalar, head weights [N]); student = (hidden [N, H], weight [H, V], bias)."""
-    return _outputs(spec, _row_sweep(spec, student, teacher, where, hyper), where)
+    return _outputs(spec, _row_sweep(spec, student, teacher, where, hyper)[0], where)
 
 
 def _fused_fwd(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
-    stats = _row_sweep(spec, student, teacher, where, hyper)
-    return _outputs(spec, stats, where), (student, teacher, where, hyper, stats)
+    if spec.reduction == "none":
+        stats, _ = _row_sweep(spec, student, teacher, where, hyper)
+        return _outputs(spec, stats, where), (student, teacher, where, hyper, stats)
+    n = student[0].shape[0]
+    ct = jnp.ones((), jnp.promote_types(_acc_dtype(*student[:2]), _acc_dtype(teacher[0])))
+    if spec.reduction == "mean":
+        ct = ct / _row_count(jnp.zeros((n,), ct.dtype), where)
+    stats, grads = _row_sweep(spec, student, teacher, where, hyper, ct=ct)
+    return _outputs(spec, stats, where), (student, grads)
 
 
 def _fused_bwd(spec: _Spec, residuals: tuple, cotangents: tuple):
-    student, teacher, where, hyper, stats = residuals
     ct = cotangents[0]  # the head weights' cotangent is dropped: they carry no gradient
-    ct = jnp.broadcast_to(ct, stats.value.shape).astype(stats.value.dtype)
-    if spec.reduction == "mean":
-        ct = ct / _row_count(ct, where)
-    grads = _column_sweep(spec, student, teacher, where, hyper, stats, ct)
-    return grads, None, None, None
+    if spec.reduction == "none":
+        student, teacher, where, hyper, stats = residuals
+        ct = ct.astype(stats.value.dtype)
+        return _column_sweep(spec, student, teacher, where, hyper, stats, ct), None, None, None
+    student, grads = residuals
+    grads = jax.tree.map(lambda g: g * ct.astype(g.dtype), grads)
+    d_student = tuple(
+        None if x is None else g.astype(x.dtype) for x, g in zip(student, grads, strict=True)
+    )
+    return d_student, None, None, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
