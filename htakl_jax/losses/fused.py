@@ -229,16 +229,22 @@ def _chunk_grad(spec: _Spec, hp: dict, s, t, stats: kd.RowStats, ct: Array, vali
     )
 
 
+def _backprop(h: Array, w: Array, g: Array) -> tuple[Array, Array]:
+    """(g W^T, h^T g) for logits h @ W with gradient g, float32 (or wider) accumulated; bf16
+    inputs multiply in bf16."""
+    g_mm = g.astype(jnp.result_type(h, w))
+    acc = _acc_dtype(h, w)
+    dh = jax.lax.dot_general(g_mm, w, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+    dw = jax.lax.dot_general(h, g_mm, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+    return dh, dw
+
+
 def _accumulate(grads: tuple, h_c: Array, w: Array, g: Array, start: Array, new: Array):
     """(dh, dW, db) plus one row chunk's share: dh_c = g W^T, h_c^T g, sum_rows g (float32)."""
     dh, dw, db = grads
-    g_mm = g.astype(jnp.result_type(h_c, w))  # bf16 weights: bf16 matmul, float32 accumulation
-    dh_c = jax.lax.dot_general(g_mm, w, (((1,), (1,)), ((), ())), preferred_element_type=dw.dtype)
-    dw = dw + jax.lax.dot_general(
-        h_c, g_mm, (((0,), (0,)), ((), ())), preferred_element_type=dw.dtype
-    )
+    dh_c, dw_c = _backprop(h_c, w, g)
     db = None if db is None else db + jnp.sum(g, axis=0).astype(db.dtype)
-    return _write(dh, start, new, dh_c.astype(dh.dtype), 0), dw, db
+    return _write(dh, start, new, dh_c.astype(dh.dtype), 0), dw + dw_c, db
 
 
 def _row_sweep(spec: _Spec, student, teacher, where, hyper, ct=None) -> tuple:
@@ -288,7 +294,6 @@ def _column_sweep(spec, student, teacher, where, hyper, stats, ct) -> tuple:
     hp = _hyper(spec, hyper)
     if where is not None:  # padding may hold NaN: keep it out of dW = h^T g
         h = jnp.where(where[:, None], h, 0)
-    mm_dtype = jnp.result_type(h, w)  # bf16 weights: bf16 matmuls, float32 accumulation
 
     def body(j, grads, ops):
         dh, dw, db = grads
@@ -302,13 +307,8 @@ def _column_sweep(spec, student, teacher, where, hyper, stats, ct) -> tuple:
             t = _linear(teacher[0], _slice(t_w, start, k, 1), _slice(t_b, start, k, 0))
         g = _chunk_grad(spec, hp, _linear(h, w_j, b_j), t, stats, ct, where)
         g = jnp.where(new, g, 0.0)  # columns of the block before (the last block overlaps)
-        g_mm = g.astype(mm_dtype)
-        dh = dh + jax.lax.dot_general(
-            g_mm, w_j, (((1,), (1,)), ((), ())), preferred_element_type=dh.dtype
-        )
-        dw_j = jax.lax.dot_general(
-            h, g_mm, (((0,), (0,)), ((), ())), preferred_element_type=g.dtype
-        )
+        dh_j, dw_j = _backprop(h, w_j, g)
+        dh = dh + dh_j
         dw = _write(dw, start, new, dw_j.astype(w.dtype), 1)
         db = None if db is None else _write(db, start, new, jnp.sum(g, 0).astype(b.dtype), 0)
         return dh, dw, db
@@ -331,12 +331,13 @@ def _reduce(spec: _Spec, values: Array, where: Array | None) -> Array:
     if spec.reduction == "none":
         return values
     total = jnp.sum(values)
-    return total if spec.reduction == "sum" else total / _row_count(values, where)
+    return total if spec.reduction == "sum" else total / _row_count(len(values), where, total.dtype)
 
 
-def _row_count(values: Array, where: Array | None) -> Array:
-    count = values.shape[0] if where is None else jnp.sum(where)
-    return jnp.maximum(jnp.asarray(count, values.dtype), 1)
+def _row_count(num_rows: int, where: Array | None, dtype: jnp.dtype) -> Array:
+    """The valid rows (at least 1): the divisor of "mean"."""
+    count = num_rows if where is None else jnp.sum(where)
+    return jnp.maximum(jnp.asarray(count, dtype), 1)
 
 
 def _outputs(spec: _Spec, stats: kd.RowStats, where) -> tuple[Array, Array]:
@@ -354,10 +355,9 @@ def _fused_fwd(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
     if spec.reduction == "none":
         stats, _ = _row_sweep(spec, student, teacher, where, hyper)
         return _outputs(spec, stats, where), (student, teacher, where, hyper, stats)
-    n = student[0].shape[0]
     ct = jnp.ones((), jnp.promote_types(_acc_dtype(*student[:2]), _acc_dtype(teacher[0])))
     if spec.reduction == "mean":
-        ct = ct / _row_count(jnp.zeros((n,), ct.dtype), where)
+        ct = ct / _row_count(student[0].shape[0], where, ct.dtype)
     stats, grads = _row_sweep(spec, student, teacher, where, hyper, ct=ct)
     return _outputs(spec, stats, where), (student, grads)
 
