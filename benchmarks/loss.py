@@ -6,9 +6,9 @@ temperature 4 and 1 and a peaked teacher at temperature 1. Per case it times, ro
 process, the gradient w.r.t. the student logits of:
 
 - HTA-KL with each head-set path (``losses.hta_kl(..., path=...)``): ``threshold`` (the default
-  above 1024 classes: threshold search, no sort), ``top_k`` (the previous default: lax.top_k
-  candidates, and the whole batch falls back to the sort when a row's head is longer than them)
-  and ``sort`` (full stable sort, the default up to 1024 classes);
+  above ``head_set.sort_max_classes()`` classes: threshold search, no sort), ``top_k`` (the
+  previous default: lax.top_k candidates, and the whole batch falls back to the sort when a row's
+  head is longer than them) and ``sort`` (full stable sort, the default up to that limit);
 - forward KL (plain KD) and softmax cross-entropy (ours, ``losses.cross_entropy``);
 - a PyTorch port of the same HTA-KL formula (softmax, stable sort, gather, cumsum) and torch CE,
   on the GPU when JAX runs on one.
@@ -29,6 +29,13 @@ CE only, each ratio against optax's softmax cross-entropy gradient timed beside 
 yardstick; ours, ``losses.cross_entropy``, is reported beside it).
 
   python benchmarks/loss.py --goal --repeats 7 --out loss_goal.json
+
+``--crossover`` times where "auto" should stop sorting (``head_set.sort_max_classes``): the
+HTA-KL gradient by the sort and by the threshold search (both with ``row_block="auto"``) beside
+forward KL, at 256 and 4,096 rows and 10 to 1,000 classes, random teacher at temperature 4 and
+peaked teacher at temperature 1, with the path "auto" picks on this backend.
+
+  python benchmarks/loss.py --crossover --repeats 7 --out loss_crossover.json
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ from common import print_table, time_interleaved, torch_device, torch_sync, writ
 
 MU = 0.5
 PATHS = ("threshold", "top_k", "sort")
+CROSSOVER_ROWS = (256, 4096)
+CROSSOVER_CLASSES = (10, 16, 24, 32, 48, 64, 100, 200, 512, 1000)
+CROSSOVER_TEACHERS = (("random", 4.0), ("peaked", 1.0))
 
 
 def teacher_logits(kind: str, rows: int, classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,7 +159,7 @@ def bench_case(rows, classes, temperature, kind, repeats, slow_repeats, torch) -
         fns |= _torch_fns(torch, s_np, t_np, labels_np, temperature)
     settled = _topk_settled(s_np, t_np, temperature)
     slow = {"sort", "torch port"} | ({"top_k"} if settled < 1.0 else set())
-    if classes <= head_set.SORT_MAX_CLASSES:
+    if classes <= 1024:  # the sort takes at most tens of milliseconds here
         slow = set()
     times = time_interleaved({k: v for k, v in fns.items() if k not in slow}, repeats=repeats)
     row = {"shape": f"[{rows}, {classes}]", "teacher": kind, "tau": temperature}
@@ -210,6 +220,47 @@ def run_goal(args: argparse.Namespace) -> None:
     write_json(args.out, {"benchmark": "loss_goal", "rows": rows, "args": vars(args)})
 
 
+def crossover_case(rows: int, classes: int, kind: str, temperature: float, repeats: int) -> dict:
+    """HTA-KL gradient by the sort and by the threshold search, and FKL, at one [rows, classes]."""
+    rng = np.random.default_rng(0)
+    t_np = teacher_logits(kind, rows, classes, rng)
+    s_np = t_np + rng.standard_normal(t_np.shape, dtype=np.float32)  # a nearby student
+    s, t = jnp.asarray(s_np), jnp.asarray(t_np)
+    fns = {
+        path: _timed_grad(
+            lambda s_, t_, path=path: losses.hta_kl(s_, t_, temperature=temperature, path=path),
+            s,
+            t,
+        )
+        for path in ("sort", "threshold")
+    }
+    fns["fkl"] = _timed_grad(
+        lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), s, t
+    )
+    times = time_interleaved(fns, repeats=repeats)
+    row = {"shape": f"[{rows}, {classes}]", "teacher": kind, "tau": temperature}
+    row |= {f"{k} ms": 1e3 * v for k, v in times.items()}
+    row["threshold / sort"] = times["threshold"] / times["sort"]
+    row["auto"] = head_set.resolve_path("auto", classes)
+    return row
+
+
+def run_crossover(args: argparse.Namespace) -> None:
+    rows = [
+        crossover_case(num_rows, classes, kind, tau, args.repeats)
+        for num_rows in CROSSOVER_ROWS
+        for classes in CROSSOVER_CLASSES
+        for kind, tau in CROSSOVER_TEACHERS
+    ]
+    limit = head_set.sort_max_classes()
+    print(f"device={jax.devices()[0].device_kind} mu={MU} float32; grad w.r.t. student; ", end="")
+    print(f'"auto" sorts up to {limit} classes here')
+    columns = ["shape", "teacher", "tau", "sort ms", "threshold ms", "fkl ms"]
+    print_table(rows, columns + ["threshold / sort", "auto"])
+    payload = {"benchmark": "loss_crossover", "sort_max_classes": limit, "rows": rows}
+    write_json(args.out, payload | {"args": vars(args)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big-rows", type=int, default=4096, help="rows at 32000 classes")
@@ -218,9 +269,13 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip the PyTorch port")
     parser.add_argument("--out", default=None, help="write results as JSON here")
     parser.add_argument("--goal", action="store_true", help="issue 19's goal matrix only")
+    parser.add_argument("--crossover", action="store_true", help="sort vs threshold, 10-1000 C")
     args = parser.parse_args()
     if args.goal:
         run_goal(args)
+        return
+    if args.crossover:
+        run_crossover(args)
         return
     torch = None
     if not args.no_peer:

@@ -215,10 +215,21 @@ def test_auto_uses_the_threshold_path_above_the_sort_limit(monkeypatch) -> None:
         return jnp.zeros(p.shape[:-1])
 
     monkeypatch.setattr(head_set, "head_gap_threshold", spy)
-    for c in (head_set.SORT_MAX_CLASSES, head_set.SORT_MAX_CLASSES + 1):
+    limit = head_set.sort_max_classes()
+    for c in (limit, limit + 1):
         p = jnp.full((2, c), 1.0 / c)
         head_set.head_tail_from_probs(p, p, 0.5)
-    assert calls == [head_set.SORT_MAX_CLASSES + 1]
+    assert calls == [limit + 1]
+
+
+def test_sort_max_classes_per_backend() -> None:
+    assert head_set.sort_max_classes("cpu") == head_set.SORT_MAX_CLASSES_CPU == 16
+    assert head_set.sort_max_classes("gpu") == head_set.sort_max_classes("tpu") == 1024
+    assert head_set.sort_max_classes() == head_set.sort_max_classes(jax.default_backend())
+    # CIFAR-10's 10 classes sort everywhere; 100 and 1,000 classes search on the CPU backend.
+    assert head_set.resolve_path("auto", 10) == "sort"
+    expected = "threshold" if jax.default_backend() == "cpu" else "sort"
+    assert head_set.resolve_path("auto", 100) == expected
 
 
 def test_hta_kl_gradients_do_not_flow_through_the_weights() -> None:

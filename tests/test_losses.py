@@ -451,6 +451,11 @@ def test_row_block_sizes():
     assert losses.row_block_size(4096, 32000, head_set_block, min_rows=2) == 4
     assert losses.row_block_size(1024, 128256, head_set_block, min_rows=2) == 2  # not 1 row
     assert losses.row_block_size(3, 3_000_000, head_set_block, min_rows=2) == 1  # 3 rows: not 2
+    # At most max_rows rows per block, even where the elements alone would allow one block.
+    assert losses.row_block_size(4096, 40, head_set_block, 2, max_rows=512) == 512
+    assert losses.row_block_size(4096, 1000, head_set_block, 2, max_rows=512) == 128
+    assert losses.row_block_size(512, 40, head_set_block, 2, max_rows=512) is None
+    assert losses.row_block_size(1000, 40, head_set_block, 2, max_rows=512) == 500
 
 
 def test_row_block_argument_is_checked():
@@ -463,30 +468,33 @@ def test_row_block_argument_is_checked():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' blocks on the CPU backend")
 def test_auto_row_blocks_above_the_size_on_cpu():
     """'auto' maps over row blocks (a scan, one step per block, inside the loss's custom VJP)
-    only above 2 * HEAD_SET_BLOCK_ELEMENTS elements for the threshold search (BLOCK_ELEMENTS by
-    the sort path); None never."""
+    only above 2 * HEAD_SET_BLOCK_ELEMENTS elements or HEAD_SET_BLOCK_ROWS rows for the threshold
+    search (BLOCK_ELEMENTS by the sort path); None never."""
 
-    def scans(jaxpr):
+    def scans(jaxpr, num_classes):
         """Lengths of the scans over row blocks [blocks, rows, C] of the logits."""
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "scan" and any(
-                v.aval.shape[-1:] == (32000,) and v.aval.ndim == 3 for v in eqn.invars
+                v.aval.shape[-1:] == (num_classes,) and v.aval.ndim == 3 for v in eqn.invars
             ):
                 yield eqn.params["length"]
             for param in eqn.params.values():
                 inner = getattr(param, "jaxpr", param)
                 if hasattr(inner, "eqns"):
-                    yield from scans(inner)
+                    yield from scans(inner, num_classes)
 
     def blocks(shape, row_block, path="auto"):
         x = jax.ShapeDtypeStruct(shape, jnp.float32)  # traced only: no [4096, 32000] arrays
         loss = functools.partial(losses.hta_kl, row_block=row_block, path=path)
-        return list(scans(jax.make_jaxpr(loss)(x, x).jaxpr))
+        return list(scans(jax.make_jaxpr(loss)(x, x).jaxpr, shape[-1]))
 
     assert blocks((4096, 32000), "auto") == [4096 // 4]  # HTA-KL: HEAD_SET_BLOCK_ELEMENTS
     assert blocks((16, 32000), "auto") == [16 // 4]
     assert blocks((4096, 32000), None) == [] and blocks((8, 32000), "auto") == []
     assert blocks((4096, 32000), "auto", path="sort") == [4096 // 8]  # BLOCK_ELEMENTS
+    assert blocks((4096, 40), "auto") == [4096 // 512]  # HEAD_SET_BLOCK_ROWS
+    assert blocks((4096, 40), "auto", path="sort") == []  # the sort's limit is elements only
+    assert blocks((512, 40), "auto") == []
 
 
 def test_row_blocks_match_one_block_and_reference():

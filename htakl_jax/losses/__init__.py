@@ -28,8 +28,9 @@ cumulative teacher mass stays <= mu, and always the top-1 class) and a "tail" (t
 (tail-covering): HTA-KL = w_head * FKL + w_tail * RKL. By default the weights come from the same
 temperature-softened p and q as the KL terms; `weight_temperature` takes them at another
 temperature (1.0: the unsoftened distributions; see `hta_kl`). Ties in teacher probability are
-broken by class index (the lower index ranks first), so the head set is deterministic. Up to 1024
-classes the head comes from a sort; above, from a sort-free threshold search with the same result.
+broken by class index (the lower index ranks first), so the head set is deterministic. Up to
+`head_set.sort_max_classes()` classes (16 on the CPU backend, 1,024 elsewhere) the head comes from
+a sort; above, from a sort-free threshold search with the same result.
 """
 
 from htakl_jax.losses.fused import FUSED_METHODS, fused_linear_kd, fused_linear_kd_with_weight
@@ -37,6 +38,7 @@ from htakl_jax.losses.head_set import PATHS as HEAD_SET_PATHS
 from htakl_jax.losses.kd import (
     BLOCK_ELEMENTS,
     HEAD_SET_BLOCK_ELEMENTS,
+    HEAD_SET_BLOCK_ROWS,
     KD_METHODS,
     METHODS,
     RowStats,
@@ -59,6 +61,7 @@ __all__ = [
     "BLOCK_ELEMENTS",
     "FUSED_METHODS",
     "HEAD_SET_BLOCK_ELEMENTS",
+    "HEAD_SET_BLOCK_ROWS",
     "HEAD_SET_PATHS",
     "KD_METHODS",
     "METHODS",

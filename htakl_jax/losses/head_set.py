@@ -8,7 +8,8 @@ w_head = g_head / (g_head + g_tail) and w_tail = 1 - w_head (0.5 / 0.5 when ever
 
 The head set depends only on which classes are heavy, not on their order, so it can be found
 without sorting. Three paths, all giving the sort's result up to the rounding of cumulative sums:
-- "sort": a full stable sort per row; the reference, and the default up to SORT_MAX_CLASSES.
+- "sort": a full stable sort per row; the reference, and the default up to `sort_max_classes()`
+  classes (SORT_MAX_CLASSES_CPU on the CPU backend, SORT_MAX_CLASSES elsewhere).
 - "threshold" (the default above): a search for the probability where the head ends, from a
   few fused passes over p, then lax.top_k on a reduced set of the classes in the final bracket (see
   :func:`head_gap_threshold`). No sort, whatever the head length.
@@ -32,10 +33,16 @@ from jax.scipy.special import ndtri
 
 Array = jax.Array
 
-# Head-set paths accepted by :func:`head_tail_from_probs` ("auto": sort up to SORT_MAX_CLASSES).
+# Head-set paths accepted by :func:`head_tail_from_probs` ("auto": see `sort_max_classes`).
 PATHS = ("auto", "sort", "threshold", "top_k")
 
-# Up to this many classes "auto" sorts; above it, it uses the threshold search.
+# Up to this many classes "auto" sorts; above it, it uses the threshold search. On XLA:CPU the
+# HTA-KL gradient by the search (row-blocked as kd's "auto") took 0.07-0.14x the sort's time at
+# 1,000 classes, 0.33-0.50x at 100, 0.78-1.14x at 24-64; at 10 classes 1.03-1.29x and at 16
+# 0.95-1.31x (`python benchmarks/loss.py --crossover`, 256 and 4,096 rows, two teachers). Other
+# backends keep the earlier limit, unmeasured there: on a GPU the search's while loop and
+# branches each wait for a predicate on the host, which favours the sort at small sizes.
+SORT_MAX_CLASSES_CPU = 16
 SORT_MAX_CLASSES = 1024
 # Candidates per row for the top-k path.
 TOP_K = 64
@@ -465,12 +472,19 @@ def check_path(path: str) -> None:
         raise ValueError(f"unknown head-set path {path!r}; expected one of {PATHS}")
 
 
+def sort_max_classes(backend: str | None = None) -> int:
+    """Up to this many classes "auto" sorts: SORT_MAX_CLASSES_CPU on the CPU backend,
+    SORT_MAX_CLASSES on others (`backend`: a JAX platform name; None, the default backend)."""
+    backend = jax.default_backend() if backend is None else backend
+    return SORT_MAX_CLASSES_CPU if backend == "cpu" else SORT_MAX_CLASSES
+
+
 def resolve_path(path: str, num_classes: int) -> str:
     """The head-set path that `path` (one of PATHS) runs for `num_classes`: "auto" is "sort" up
-    to SORT_MAX_CLASSES and "threshold" above. ValueError for an unknown path."""
+    to `sort_max_classes()` and "threshold" above. ValueError for an unknown path."""
     check_path(path)
     if path == "auto":
-        return "sort" if num_classes <= SORT_MAX_CLASSES else "threshold"
+        return "sort" if num_classes <= sort_max_classes() else "threshold"
     return path
 
 
@@ -486,7 +500,7 @@ def head_tail_from_probs(
     ([...], [...]); call it on gradient-free inputs.
 
     `path` (one of PATHS) picks how the head set is found, all exact (see the module docstring):
-    "auto" sorts for C <= SORT_MAX_CLASSES and searches a threshold above. `valid` [...] marks
+    "auto" sorts for C <= `sort_max_classes()` and searches a threshold above. `valid` [...] marks
     rows whose weights matter; padded rows never trigger a slow branch. `log_p` [..., C], the
     teacher's log-probabilities where the caller has them (from the logits: no logarithm per
     class), speeds up the threshold path's first guess and changes no result.

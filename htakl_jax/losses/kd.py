@@ -474,22 +474,32 @@ def head_tail_weights(
 # [rows, 8, C] probe sums, and at [4096, 32000] the gradient ran 7-16% faster with blocks of 4
 # rows than of 8 (at 128,256 classes 2 rows beat 1), while the fixed-weight losses ran 3-7%
 # slower, and HTA-KL by the sort path at [4096, 1000] 3-9% slower with 128 rows than 256.
+# The search's blocks also hold at most HEAD_SET_BLOCK_ROWS rows: ranking its candidates compares
+# [rows, k, k] pairs (k = min(C, 64)), so at [4096, 40] all rows at once ran 3x slower than
+# blocks of 64-1,024 rows, and at [4096, 100] 2.2x slower (ad-hoc, benchmarks/loss.py's inputs).
 BLOCK_ELEMENTS = 1 << 18
 HEAD_SET_BLOCK_ELEMENTS = 1 << 17
+HEAD_SET_BLOCK_ROWS = 512
 
 
 def row_block_size(
-    num_rows: int, num_classes: int, block_elements: int = BLOCK_ELEMENTS, min_rows: int = 1
+    num_rows: int,
+    num_classes: int,
+    block_elements: int = BLOCK_ELEMENTS,
+    min_rows: int = 1,
+    max_rows: int | None = None,
 ) -> int | None:
     """Rows per block for [num_rows, num_classes] (a divisor of num_rows), or None for one block.
 
-    The target is block_elements // num_classes rows, at least `min_rows`. None also when no
-    divisor lies within 4x below the target (e.g. a prime number of rows) or the only one is all
-    rows.
+    The target is block_elements // num_classes rows, at least `min_rows`, at most `max_rows`.
+    One block when the input holds at most 2 * block_elements elements and at most `max_rows`
+    rows, when no divisor lies within 4x below the target (e.g. a prime number of rows) or when
+    the only one is all rows.
     """
-    if num_rows * num_classes <= 2 * block_elements:
+    max_rows = num_rows if max_rows is None else max_rows
+    if num_rows * num_classes <= 2 * block_elements and num_rows <= max_rows:
         return None
-    target = max(min_rows, block_elements // num_classes)
+    target = min(max_rows, max(min_rows, block_elements // num_classes))
     sizes = range(min(target, num_rows - 1), -(-target // 4) - 1, -1)
     return next((b for b in sizes if num_rows % b == 0), None)
 
@@ -503,7 +513,9 @@ def _resolve_row_block(
         if jax.default_backend() != "cpu":
             return None
         if searches:
-            return row_block_size(num_rows, num_classes, HEAD_SET_BLOCK_ELEMENTS, min_rows=2)
+            return row_block_size(
+                num_rows, num_classes, HEAD_SET_BLOCK_ELEMENTS, 2, HEAD_SET_BLOCK_ROWS
+            )
         return row_block_size(num_rows, num_classes)
     if row_block is None:
         return None
@@ -561,12 +573,13 @@ def hta_kl(
     gaps, which move more over training than those at a KD temperature of 4.
     Execution choices that leave the value unchanged (up to float rounding):
     - `path`: how the head set is found (:data:`htakl_jax.losses.head_set.PATHS`; "auto" sorts up
-      to 1024 classes and searches a threshold above).
+      to `head_set.sort_max_classes()` classes, 16 on the CPU backend and 1,024 elsewhere, and
+      searches a threshold above).
     - `row_block`: rows per `lax.map` block (must divide the number of rows), None for all rows
       at once, or "auto": on the CPU backend, blocks of about HEAD_SET_BLOCK_ELEMENTS (131,072)
-      elements, at least 2 rows, when the head set comes from the threshold search (BLOCK_ELEMENTS,
-      262,144, by the other paths), above twice that per input (`row_block_size`); all rows at
-      once elsewhere.
+      elements, 2 to HEAD_SET_BLOCK_ROWS (512) rows, when the head set comes from the threshold
+      search (BLOCK_ELEMENTS, 262,144, by the other paths), above twice that per input or above
+      512 rows for the search (`row_block_size`); all rows at once elsewhere.
     """
     return hta_kl_with_weight(
         student_logits,
