@@ -95,7 +95,9 @@ def _check_threshold_path(p, q, mu: float, label: str) -> None:
 KINDS = ("random", "peaked", "zipf", "flat", "equal", "tied", "tied_long", "masked")
 
 
-@pytest.mark.parametrize("num_classes", [1500, 5000])
+# 17-200: where "auto" searches on the CPU backend with at most CANDIDATES classes in all (every
+# class a candidate) or just above; 1031-5000: grouped and ungrouped candidates.
+@pytest.mark.parametrize("num_classes", [17, 40, 64, 65, 200, 1500, 5000])
 def test_threshold_path_matches_sort_and_float64_reference(num_classes: int) -> None:
     for kind in KINDS:
         p, q = _probs(kind, (3, num_classes), seed=num_classes)
