@@ -54,6 +54,7 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         powered("restart").base,
         powered("t2_base"),
         powered("t2").base,
+        powered("t2_long").base,
     ):
         cv.check_keys_and_types(config)
         cv.check_values(config, num_devices=4)
@@ -62,6 +63,14 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
     t2 = powered("t2")
     assert (t2.base.student.timesteps, t2.base.eval.timesteps, t2.grid.timesteps) == (2, (2,), (2,))
     assert (t2.ablation.head_ratios, t2.ablation.weight_temperatures) == ((), ())
+    long = powered("t2_long")
+    assert (long.base.student.epochs, long.base.student.timesteps, long.grid.seeds) == (
+        8,
+        2,
+        (0, 1, 2, 3),
+    )
+    assert (long.base.data.train_examples, long.base.student.lr) == (20000, 0.1)
+    assert (long.ablation.head_ratios, long.ablation.weight_temperatures) == ((), ())
     with pytest.raises(ValueError, match="argument must be one of"):
         powered("restart_grid")
     # A best checkpoint may be selected on held-out training images.

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
-#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart|t2] [TEACHER]
+#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart|t2|t2_long] [TEACHER]
 # The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
-# default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none. t2 has no tuning
-# runs (the learning rate of both earlier tunings) and no ablation arms.
+# default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none (else it is trained).
+# t2 and t2_long have no tuning runs (the learning rate of both earlier tunings) and no ablation
+# arms; t2_long trains its 4 seeds seed by seed (whole pairs if cut off), with no power check.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
@@ -16,7 +17,9 @@ case "$protocol" in
   restart) grid=configs/powered.py:restart; base=configs/powered.py:restart_base; out=$here/restart
            lrs="0.025 0.05 0.1"; timesteps=1 ;;
   t2) grid=configs/powered.py:t2; base=configs/powered.py:t2_base; out=$here/t2; lrs=""; timesteps=2 ;;
-  *) echo "error: PROTOCOL must be first, restart or t2, got '$protocol'" >&2; exit 1 ;;
+  t2_long) grid=configs/powered.py:t2_long; base=configs/powered.py:t2_long_base; out=$here/t2_long
+           lrs=""; timesteps=2 ;;
+  *) echo "error: PROTOCOL must be first, restart, t2 or t2_long, got '$protocol'" >&2; exit 1 ;;
 esac
 mkdir -p "$work" "$out"
 teacher="$(realpath -m "$work")/teacher"
@@ -43,9 +46,16 @@ fi
 
 # 3. FKL and HTA-KL at seeds 0-3, then the planned check of the paired spread (stops here when
 #    the spread is above 2 points).
-python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
-  "--config.grid.seeds=(0,1,2,3)" "--config.ablation.weight_temperatures=()"
-python "$here/protocol.py" spread "$work" "$timesteps"
+if [ "$protocol" = t2_long ]; then
+  for seeds in "(0,)" "(0,1)" "(0,1,2)" "(0,1,2,3)"; do
+    python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
+      "--config.grid.seeds=$seeds"
+  done
+else
+  python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
+    "--config.grid.seeds=(0,1,2,3)" "--config.ablation.weight_temperatures=()"
+  python "$here/protocol.py" spread "$work" "$timesteps"
+fi
 
 # 4. The fixed ratio r: HTA-KL's mean head weight over training at seeds 0-3.
 [ -n "$lrs" ] && [ ! -f "$out/head_ratio.json" ] && python "$here/protocol.py" head-ratio "$work" "$out"
