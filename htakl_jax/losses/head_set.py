@@ -41,7 +41,7 @@ PATHS = ("auto", "sort", "threshold", "top_k")
 # 1,000 classes, 0.33-0.50x at 100, 0.78-1.14x at 24-64; at 10 classes 1.03-1.29x and at 16
 # 0.95-1.31x (`python benchmarks/loss.py --crossover`, 256 and 4,096 rows, two teachers). Other
 # backends keep the earlier limit, unmeasured there: on a GPU the search's while loop and
-# branches each wait for a predicate on the host, which favours the sort at small sizes.
+# branches may each wait for a predicate on the host, which would favour the sort at small sizes.
 SORT_MAX_CLASSES_CPU = 16
 SORT_MAX_CLASSES = 1024
 # Candidates per row for the top-k path.
