@@ -4,6 +4,7 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py choose-lr WORKDIR [OUT]   # tuning.{json,md}
   python results/cifar10_powered/protocol.py head-ratio WORKDIR [OUT]  # head_ratio.json
   python results/cifar10_powered/protocol.py spread WORKDIR [T=1]      # the 4-seed check
+  python results/cifar10_powered/protocol.py change WORKDIR [OUT]      # t2_long: 4 -> 8 epochs
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -13,6 +14,8 @@ above 2 points so that run.sh stops instead of spending the budget on an underpo
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import glob
 import json
 import os
@@ -79,6 +82,48 @@ def head_ratio(workdir: str, out: str = HERE) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _csv_differences(results_csv: str, timesteps: str) -> list[float]:
+    """HTA-KL - FKL test accuracy (points) at `timesteps`, seeds 0-3, from a grid's results.csv."""
+    with open(results_csv) as f:
+        rows = {(r["method"], int(r["seed"])): r for r in csv.DictReader(f)}
+    column = f"accuracy_T{timesteps}"
+    return [
+        100 * (float(rows["hta_kl", s][column]) - float(rows["fkl", s][column]))
+        for s in FIRST_SEEDS
+    ]
+
+
+def change(workdir: str, out: str = os.path.join(HERE, "t2_long")) -> None:
+    """The longer T = 2 protocol's readings 1 and 2: HTA-KL - FKL after 8 epochs (WORKDIR's
+    results.csv, written by the report stage) and its change from 4 epochs (t2/results.csv), at
+    seeds 0-3, paired by seed -> OUT/change.{json,md}."""
+    long = _csv_differences(os.path.join(workdir, "results.csv"), "2")
+    short = _csv_differences(os.path.join(HERE, "t2", "results.csv"), "2")
+    rows = [("HTA-KL - FKL, 8 epochs", long), ("HTA-KL - FKL, 4 epochs (t2/)", short)]
+    rows.append(("change from 4 to 8 epochs", [a - b for a, b in zip(long, short, strict=True)]))
+    result: dict = {"seeds": list(FIRST_SEEDS), "rows": []}
+    lines = [
+        "# HTA-KL - FKL test accuracy (points), T = 2, seeds 0-3, paired by seed",
+        "",
+        "Written by `python results/cifar10_powered/protocol.py change WORKDIR` (Student t, 3 df).",
+        "",
+        "| comparison | differences | mean | SD | 95% CI | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, diffs in rows:
+        s = stats.paired_stats(diffs)
+        result["rows"].append({"comparison": name, "differences": diffs} | dataclasses.asdict(s))
+        listed = ", ".join(f"{d:+.2f}" for d in diffs)
+        verdict = "detected" if s.detected else "not detected"
+        ci = f"[{s.low:+.2f}, {s.high:+.2f}]"
+        lines.append(f"| {name} | {listed} | {s.mean:+.2f} | {s.std:.2f} | {ci} | {verdict} |")
+    os.makedirs(out, exist_ok=True)
+    runs.write_json(os.path.join(out, "change.json"), result)
+    with open(os.path.join(out, "change.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def spread(workdir: str, timesteps: str = "1") -> None:
     """Paired HTA-KL - FKL test-accuracy differences at seeds 0-3 of the students trained (and
     evaluated) at `timesteps`: their spread and interval."""
@@ -100,7 +145,7 @@ def spread(workdir: str, timesteps: str = "1") -> None:
     print("protocol holds")
 
 
-COMMANDS = {"choose-lr": choose_lr, "head-ratio": head_ratio, "spread": spread}
+COMMANDS = {"choose-lr": choose_lr, "head-ratio": head_ratio, "spread": spread, "change": change}
 
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4) or sys.argv[1] not in COMMANDS:

@@ -69,3 +69,8 @@ for f in results.csv results.json table1.md endpoints.md paired.md table3.md abl
   [ -f "$work/$f" ] && cp "$work/$f" "$out/"
 done
 mkdir -p "$out/plots" && cp "$work"/plots/*.png "$out/plots/"
+
+# 6. t2_long: its readings 1 and 2 (8 epochs, and the change from t2's 4 epochs) -> change.md.
+if [ "$protocol" = t2_long ]; then
+  python "$here/protocol.py" change "$work" "$out"
+fi
