@@ -629,7 +629,7 @@ def wsld(
 # what a caller that never holds whole rows of logits needs (fused.py's vocabulary sweep): one
 # pass over whole rows for the statistics, then the gradient of any block of classes.
 
-KD_METHODS = ("fkl", "rkl", "symmetric", "fixed_ratio", "hta_kl")
+KD_METHODS = tuple(m for m in METHODS if m != "ce")  # the KL family: FKL, RKL, their mixtures
 
 
 class RowStats(NamedTuple):
