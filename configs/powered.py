@@ -41,6 +41,11 @@ The longer T = 2 protocol (`t2_long`, `t2_long_base`; results/cifar10_powered/t2
 after the T = 2 results and before any of its students trained: the T = 2 protocol with 8
 student epochs instead of 4 (the same 20,000 images and learning rate), FKL and HTA-KL at seeds
 0-3 only (the budget), trained seed by seed so that a cut-off run leaves whole pairs.
+
+Its extension (`t2_long_ext`, `t2_long_ext_base`; results/cifar10_powered/t2_long_ext/), fixed
+after the t2_long results and before any of its students trained: the same protocol, workdir and
+teacher at seeds 0-7 (seeds 0-3 are t2_long's finished cells, reused), so that its readings have
+as many seeds as the 4-epoch T = 2 protocol.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ PROTOCOLS = {
         "T": 2,
     },
 }
-ARGS = ("grid", "base", "restart", "restart_base", "t2", "t2_base", "t2_long", "t2_long_base")
+PROTOCOLS["t2_long_ext"] = PROTOCOLS["t2_long"] | {"results": RESULTS / "t2_long_ext"}
+ARGS = ("grid", "base") + tuple(a for p in list(PROTOCOLS)[1:] for a in (p, f"{p}_base"))
 
 
 def _read_chosen(results: Path, name: str, key: str) -> float | None:

@@ -71,6 +71,10 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
     )
     assert (long.base.data.train_examples, long.base.student.lr) == (20000, 0.1)
     assert (long.ablation.head_ratios, long.ablation.weight_temperatures) == ((), ())
+    # The extension reuses t2_long's cells: the same training config, more seeds.
+    ext = powered("t2_long_ext")
+    assert ext.base.to_dict() == powered("t2_long_base").to_dict() == long.base.to_dict()
+    assert (ext.grid.seeds, ext.grid.methods) == (tuple(range(8)), long.grid.methods)
     with pytest.raises(ValueError, match="argument must be one of"):
         powered("restart_grid")
     # A best checkpoint may be selected on held-out training images.

@@ -4,7 +4,7 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py choose-lr WORKDIR [OUT]   # tuning.{json,md}
   python results/cifar10_powered/protocol.py head-ratio WORKDIR [OUT]  # head_ratio.json
   python results/cifar10_powered/protocol.py spread WORKDIR [T=1]      # the 4-seed check
-  python results/cifar10_powered/protocol.py change WORKDIR [OUT]      # t2_long: 4 -> 8 epochs
+  python results/cifar10_powered/protocol.py change WORKDIR [OUT]     # t2_long(_ext): 4 vs 8 epochs
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -82,30 +82,36 @@ def head_ratio(workdir: str, out: str = HERE) -> None:
     print(json.dumps(result, indent=2))
 
 
-def _csv_differences(results_csv: str, timesteps: str) -> list[float]:
-    """HTA-KL - FKL test accuracy (points) at `timesteps`, seeds 0-3, from a grid's results.csv."""
+def _csv_accuracies(results_csv: str, timesteps: str) -> dict[tuple[str, int], float]:
+    """Test accuracy (a fraction) at `timesteps` per (method, seed), from a grid's results.csv."""
     with open(results_csv) as f:
-        rows = {(r["method"], int(r["seed"])): r for r in csv.DictReader(f)}
-    column = f"accuracy_T{timesteps}"
-    return [
-        100 * (float(rows["hta_kl", s][column]) - float(rows["fkl", s][column]))
-        for s in FIRST_SEEDS
-    ]
+        column = f"accuracy_T{timesteps}"
+        return {(r["method"], int(r["seed"])): float(r[column]) for r in csv.DictReader(f)}
+
+
+def _paired_seeds(acc: dict[tuple[str, int], float]) -> list[int]:
+    """The seeds with both an FKL and an HTA-KL cell."""
+    return sorted({s for m, s in acc if m == "fkl"} & {s for m, s in acc if m == "hta_kl"})
 
 
 def change(workdir: str, out: str = os.path.join(HERE, "t2_long")) -> None:
     """The longer T = 2 protocol's readings 1 and 2: HTA-KL - FKL after 8 epochs (WORKDIR's
     results.csv, written by the report stage) and its change from 4 epochs (t2/results.csv), at
-    seeds 0-3, paired by seed -> OUT/change.{json,md}."""
-    long = _csv_differences(os.path.join(workdir, "results.csv"), "2")
-    short = _csv_differences(os.path.join(HERE, "t2", "results.csv"), "2")
-    rows = [("HTA-KL - FKL, 8 epochs", long), ("HTA-KL - FKL, 4 epochs (t2/)", short)]
-    rows.append(("change from 4 to 8 epochs", [a - b for a, b in zip(long, short, strict=True)]))
-    result: dict = {"seeds": list(FIRST_SEEDS), "rows": []}
+    every seed of WORKDIR's grid, paired by seed -> OUT/change.{json,md}."""
+    long = _csv_accuracies(os.path.join(workdir, "results.csv"), "2")
+    short = _csv_accuracies(os.path.join(HERE, "t2", "results.csv"), "2")
+    seeds = _paired_seeds(long)
+    long_d = [100 * (long["hta_kl", s] - long["fkl", s]) for s in seeds]
+    short_d = [100 * (short["hta_kl", s] - short["fkl", s]) for s in seeds]
+    rows = [("HTA-KL - FKL, 8 epochs", long_d), ("HTA-KL - FKL, 4 epochs (t2/)", short_d)]
+    change_d = [a - b for a, b in zip(long_d, short_d, strict=True)]
+    rows.append(("change from 4 to 8 epochs", change_d))
+    result: dict = {"seeds": seeds, "rows": []}
     lines = [
-        "# HTA-KL - FKL test accuracy (points), T = 2, seeds 0-3, paired by seed",
+        f"# HTA-KL - FKL test accuracy (points), T = 2, seeds {_seed_range(seeds)}, paired by seed",
         "",
-        "Written by `python results/cifar10_powered/protocol.py change WORKDIR` (Student t, 3 df).",
+        "Written by `python results/cifar10_powered/protocol.py change WORKDIR` "
+        f"(Student t, {len(seeds) - 1} df).",
         "",
         "| comparison | differences | mean | SD | 95% CI | verdict |",
         "|---|---|---|---|---|---|",
@@ -122,6 +128,13 @@ def change(workdir: str, out: str = os.path.join(HERE, "t2_long")) -> None:
     with open(os.path.join(out, "change.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _seed_range(seeds: list[int]) -> str:
+    """'0-3' for consecutive seeds, else the list."""
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def spread(workdir: str, timesteps: str = "1") -> None:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
-#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart|t2|t2_long] [TEACHER]
+#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart|t2|t2_long|t2_long_ext] [TEACHER]
 # The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
 # default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none (else it is trained).
 # t2 and t2_long have no tuning runs (the learning rate of both earlier tunings) and no ablation
-# arms; t2_long trains its 4 seeds seed by seed (whole pairs if cut off), with no power check.
+# arms; t2_long trains its 4 seeds seed by seed (whole pairs if cut off), with no power check;
+# t2_long_ext is t2_long at seeds 0-7, run in t2_long's WORKDIR (its seeds 0-3 are reused).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
@@ -18,8 +19,11 @@ case "$protocol" in
            lrs="0.025 0.05 0.1"; timesteps=1 ;;
   t2) grid=configs/powered.py:t2; base=configs/powered.py:t2_base; out=$here/t2; lrs=""; timesteps=2 ;;
   t2_long) grid=configs/powered.py:t2_long; base=configs/powered.py:t2_long_base; out=$here/t2_long
-           lrs=""; timesteps=2 ;;
-  *) echo "error: PROTOCOL must be first, restart, t2 or t2_long, got '$protocol'" >&2; exit 1 ;;
+           lrs=""; timesteps=2; seeds=4 ;;
+  t2_long_ext) grid=configs/powered.py:t2_long_ext; base=configs/powered.py:t2_long_ext_base
+               out=$here/t2_long_ext; lrs=""; timesteps=2; seeds=8 ;;
+  *) echo "error: PROTOCOL must be first, restart, t2, t2_long or t2_long_ext, got '$protocol'" >&2
+     exit 1 ;;
 esac
 mkdir -p "$work" "$out"
 teacher="$(realpath -m "$work")/teacher"
@@ -46,10 +50,10 @@ fi
 
 # 3. FKL and HTA-KL at seeds 0-3, then the planned check of the paired spread (stops here when
 #    the spread is above 2 points).
-if [ "$protocol" = t2_long ]; then
-  for seeds in "(0,)" "(0,1)" "(0,1,2)" "(0,1,2,3)"; do
+if [[ $protocol == t2_long* ]]; then
+  for ((n = 1; n <= seeds; n++)); do
     python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
-      "--config.grid.seeds=$seeds"
+      "--config.grid.seeds=($(seq -s, 0 $((n - 1))),)"
   done
 else
   python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
@@ -70,7 +74,7 @@ for f in results.csv results.json table1.md endpoints.md paired.md table3.md abl
 done
 mkdir -p "$out/plots" && cp "$work"/plots/*.png "$out/plots/"
 
-# 6. t2_long: its readings 1 and 2 (8 epochs, and the change from t2's 4 epochs) -> change.md.
-if [ "$protocol" = t2_long ]; then
+# 6. t2_long(_ext): its readings 1 and 2 (8 epochs, and the change from t2's 4 epochs) -> change.md.
+if [[ $protocol == t2_long* ]]; then
   python "$here/protocol.py" change "$work" "$out"
 fi
