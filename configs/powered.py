@@ -46,6 +46,11 @@ Its extension (`t2_long_ext`, `t2_long_ext_base`; results/cifar10_powered/t2_lon
 after the t2_long results and before any of its students trained: the same protocol, workdir and
 teacher at seeds 0-7 (seeds 0-3 are t2_long's finished cells, reused), so that its readings have
 as many seeds as the 4-epoch T = 2 protocol.
+
+The T = 2 replication (`t2_rep`, `t2_rep_base`; results/cifar10_powered/t2_rep/), fixed before
+any of its students trained: the T = 2 protocol (4 epochs) at seeds 0-3, distilling the teacher
+retrained for t2_long (75.57%) instead of the first one (76.53%): does the 4-epoch deficit repeat
+under another teacher, and how does the gap change from 4 to 8 epochs under the same teacher?
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ PROTOCOLS = {
     },
 }
 PROTOCOLS["t2_long_ext"] = PROTOCOLS["t2_long"] | {"results": RESULTS / "t2_long_ext"}
+PROTOCOLS["t2_rep"] = PROTOCOLS["t2"] | {"results": RESULTS / "t2_rep"}
 ARGS = ("grid", "base") + tuple(a for p in list(PROTOCOLS)[1:] for a in (p, f"{p}_base"))
 
 
@@ -132,7 +138,7 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
     c.base = base_config(protocol)
     c.grid.methods = ("fkl", "hta_kl")
     c.grid.timesteps = (timesteps,)
-    c.grid.seeds = (0, 1, 2, 3) if protocol == "t2_long" else tuple(range(8))
+    c.grid.seeds = (0, 1, 2, 3) if protocol in ("t2_long", "t2_rep") else tuple(range(8))
     ratio = _read_chosen(PROTOCOLS[protocol]["results"], "head_ratio.json", "head_ratio")
     c.ablation.head_ratios = () if ratio is None else (round(ratio, 2),)
     c.ablation.weight_temperatures = () if protocol.startswith("t2") else (1.0,)

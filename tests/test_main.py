@@ -75,6 +75,10 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
     ext = powered("t2_long_ext")
     assert ext.base.to_dict() == powered("t2_long_base").to_dict() == long.base.to_dict()
     assert (ext.grid.seeds, ext.grid.methods) == (tuple(range(8)), long.grid.methods)
+    # The replication is the T = 2 protocol at seeds 0-3 (its teacher is run.sh's to link).
+    rep = powered("t2_rep")
+    assert rep.base.to_dict() == powered("t2_rep_base").to_dict() == t2.base.to_dict()
+    assert (rep.grid.seeds, rep.grid.methods) == ((0, 1, 2, 3), t2.grid.methods)
     with pytest.raises(ValueError, match="argument must be one of"):
         powered("restart_grid")
     # A best checkpoint may be selected on held-out training images.

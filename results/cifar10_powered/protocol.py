@@ -4,7 +4,8 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py choose-lr WORKDIR [OUT]   # tuning.{json,md}
   python results/cifar10_powered/protocol.py head-ratio WORKDIR [OUT]  # head_ratio.json
   python results/cifar10_powered/protocol.py spread WORKDIR [T=1]      # the 4-seed check
-  python results/cifar10_powered/protocol.py change WORKDIR [OUT]     # t2_long(_ext): 4 vs 8 epochs
+  python results/cifar10_powered/protocol.py change WORKDIR [OUT]      # t2_long(_ext)
+  python results/cifar10_powered/protocol.py replicate WORKDIR [OUT]   # t2_rep
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -94,38 +95,42 @@ def _paired_seeds(acc: dict[tuple[str, int], float]) -> list[int]:
     return sorted({s for m, s in acc if m == "fkl"} & {s for m, s in acc if m == "hta_kl"})
 
 
-def change(workdir: str, out: str = os.path.join(HERE, "t2_long")) -> None:
-    """The longer T = 2 protocol's readings 1 and 2: HTA-KL - FKL after 8 epochs (WORKDIR's
-    results.csv, written by the report stage) and its change from 4 epochs (t2/results.csv), at
-    every seed of WORKDIR's grid, paired by seed -> OUT/change.{json,md}."""
-    long = _csv_accuracies(os.path.join(workdir, "results.csv"), "2")
-    short = _csv_accuracies(os.path.join(HERE, "t2", "results.csv"), "2")
-    seeds = _paired_seeds(long)
-    long_d = [100 * (long["hta_kl", s] - long["fkl", s]) for s in seeds]
-    short_d = [100 * (short["hta_kl", s] - short["fkl", s]) for s in seeds]
-    rows = [("HTA-KL - FKL, 8 epochs", long_d), ("HTA-KL - FKL, 4 epochs (t2/)", short_d)]
-    change_d = [a - b for a, b in zip(long_d, short_d, strict=True)]
-    rows.append(("change from 4 to 8 epochs", change_d))
+def _gaps(results_csv: str, seeds: list[int]) -> list[float]:
+    """HTA-KL - FKL test accuracy at T = 2 (points) per seed, from a grid's results.csv."""
+    acc = _csv_accuracies(results_csv, "2")
+    return [100 * (acc["hta_kl", s] - acc["fkl", s]) for s in seeds]
+
+
+def _minus(a: list[float], b: list[float]) -> list[float]:
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
+def _write_paired(out: str, name: str, command: str, seeds: list[int], rows: list) -> None:
+    """Each (comparison, per-seed differences) row's paired statistics -> OUT/NAME.{json,md}."""
     result: dict = {"seeds": seeds, "rows": []}
     lines = [
         f"# HTA-KL - FKL test accuracy (points), T = 2, seeds {_seed_range(seeds)}, paired by seed",
         "",
-        "Written by `python results/cifar10_powered/protocol.py change WORKDIR` "
+        f"Written by `python results/cifar10_powered/protocol.py {command}` "
         f"(Student t, {len(seeds) - 1} df).",
         "",
         "| comparison | differences | mean | SD | 95% CI | verdict |",
         "|---|---|---|---|---|---|",
     ]
-    for name, diffs in rows:
+    for comparison, diffs in rows:
         s = stats.paired_stats(diffs)
-        result["rows"].append({"comparison": name, "differences": diffs} | dataclasses.asdict(s))
+        result["rows"].append(
+            {"comparison": comparison, "differences": diffs} | dataclasses.asdict(s)
+        )
         listed = ", ".join(f"{d:+.2f}" for d in diffs)
         verdict = "detected" if s.detected else "not detected"
         ci = f"[{s.low:+.2f}, {s.high:+.2f}]"
-        lines.append(f"| {name} | {listed} | {s.mean:+.2f} | {s.std:.2f} | {ci} | {verdict} |")
+        lines.append(
+            f"| {comparison} | {listed} | {s.mean:+.2f} | {s.std:.2f} | {ci} | {verdict} |"
+        )
     os.makedirs(out, exist_ok=True)
-    runs.write_json(os.path.join(out, "change.json"), result)
-    with open(os.path.join(out, "change.md"), "w") as f:
+    runs.write_json(os.path.join(out, f"{name}.json"), result)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -135,6 +140,40 @@ def _seed_range(seeds: list[int]) -> str:
     if seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}-{seeds[-1]}"
     return ", ".join(map(str, seeds))
+
+
+def change(workdir: str, out: str = os.path.join(HERE, "t2_long")) -> None:
+    """The longer T = 2 protocol's readings 1 and 2: HTA-KL - FKL after 8 epochs (WORKDIR's
+    results.csv, written by the report stage) and its change from 4 epochs (t2/results.csv), at
+    every seed of WORKDIR's grid, paired by seed -> OUT/change.{json,md}."""
+    long_csv = os.path.join(workdir, "results.csv")
+    seeds = _paired_seeds(_csv_accuracies(long_csv, "2"))
+    long = _gaps(long_csv, seeds)
+    short = _gaps(os.path.join(HERE, "t2", "results.csv"), seeds)
+    rows = [
+        ("HTA-KL - FKL, 8 epochs", long),
+        ("HTA-KL - FKL, 4 epochs (t2/)", short),
+        ("change from 4 to 8 epochs", _minus(long, short)),
+    ]
+    _write_paired(out, "change", "change WORKDIR", seeds, rows)
+
+
+def replicate(workdir: str, out: str = os.path.join(HERE, "t2_rep")) -> None:
+    """The T = 2 replication's readings: HTA-KL - FKL after 4 epochs from the retrained teacher
+    (WORKDIR's results.csv), against the first teacher's (t2/) and against 8 epochs from the
+    same retrained teacher (t2_long/), seeds 0-3, paired by seed -> OUT/replicate.{json,md}."""
+    seeds = list(FIRST_SEEDS)
+    rep = _gaps(os.path.join(workdir, "results.csv"), seeds)
+    first = _gaps(os.path.join(HERE, "t2", "results.csv"), seeds)
+    long = _gaps(os.path.join(HERE, "t2_long", "results.csv"), seeds)
+    rows = [
+        ("HTA-KL - FKL, 4 epochs, retrained teacher (t2_rep/)", rep),
+        ("HTA-KL - FKL, 4 epochs, first teacher (t2/)", first),
+        ("HTA-KL - FKL, 8 epochs, retrained teacher (t2_long/)", long),
+        ("teacher effect at 4 epochs (t2_rep/ - t2/)", _minus(rep, first)),
+        ("change from 4 to 8 epochs, same teacher (t2_long/ - t2_rep/)", _minus(long, rep)),
+    ]
+    _write_paired(out, "replicate", "replicate WORKDIR", seeds, rows)
 
 
 def spread(workdir: str, timesteps: str = "1") -> None:
@@ -158,7 +197,13 @@ def spread(workdir: str, timesteps: str = "1") -> None:
     print("protocol holds")
 
 
-COMMANDS = {"choose-lr": choose_lr, "head-ratio": head_ratio, "spread": spread, "change": change}
+COMMANDS = {
+    "choose-lr": choose_lr,
+    "head-ratio": head_ratio,
+    "spread": spread,
+    "change": change,
+    "replicate": replicate,
+}
 
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4) or sys.argv[1] not in COMMANDS:

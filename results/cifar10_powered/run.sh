@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
-#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL=first|restart|t2|t2_long|t2_long_ext] [TEACHER]
+#   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL] [TEACHER]
+# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext or t2_rep.
 # The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
 # default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none (else it is trained).
 # t2 and t2_long have no tuning runs (the learning rate of both earlier tunings) and no ablation
 # arms; t2_long trains its 4 seeds seed by seed (whole pairs if cut off), with no power check;
-# t2_long_ext is t2_long at seeds 0-7, run in t2_long's WORKDIR (its seeds 0-3 are reused).
+# t2_long_ext is t2_long at seeds 0-7, run in t2_long's WORKDIR (its seeds 0-3 are reused);
+# t2_rep is t2 at seeds 0-3 from t2_long's teacher (TEACHER, by default
+# runs/powered_t2_long/teacher), seed by seed; it never trains a teacher of its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
@@ -22,7 +25,10 @@ case "$protocol" in
            lrs=""; timesteps=2; seeds=4 ;;
   t2_long_ext) grid=configs/powered.py:t2_long_ext; base=configs/powered.py:t2_long_ext_base
                out=$here/t2_long_ext; lrs=""; timesteps=2; seeds=8 ;;
-  *) echo "error: PROTOCOL must be first, restart, t2, t2_long or t2_long_ext, got '$protocol'" >&2
+  t2_rep) grid=configs/powered.py:t2_rep; base=configs/powered.py:t2_rep_base; out=$here/t2_rep
+          lrs=""; timesteps=2; seeds=4 ;;
+  *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext or t2_rep," \
+       "got '$protocol'" >&2
      exit 1 ;;
 esac
 mkdir -p "$work" "$out"
@@ -30,9 +36,15 @@ teacher="$(realpath -m "$work")/teacher"
 finished() { python -c "import sys; from htakl_jax import runs; sys.exit(not runs.teacher_finished('$1'))"; }
 
 # 1. The teacher: 49,000 training images (all but the 1,000-image hold-out).
-given=${3:-runs/powered/teacher}
+default_teacher=runs/powered/teacher
+[ "$protocol" = t2_rep ] && default_teacher=runs/powered_t2_long/teacher
+given=${3:-$default_teacher}
 if [ "$protocol" != first ] && [ ! -e "$teacher" ] && finished "$given"; then
   ln -s "$(realpath "$given")" "$teacher"
+fi
+if [ "$protocol" = t2_rep ] && ! finished "$teacher"; then
+  echo "error: t2_rep distils t2_long's teacher; none finished in '$given'" >&2
+  exit 1
 fi
 finished "$teacher" || python -m htakl_jax.main --config "$base" --mode teacher --workdir "$work"
 
@@ -50,7 +62,7 @@ fi
 
 # 3. FKL and HTA-KL at seeds 0-3, then the planned check of the paired spread (stops here when
 #    the spread is above 2 points).
-if [[ $protocol == t2_long* ]]; then
+if [ -n "${seeds:-}" ]; then  # seed by seed: a cut-off run leaves whole pairs
   for ((n = 1; n <= seeds; n++)); do
     python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
       "--config.grid.seeds=($(seq -s, 0 $((n - 1))),)"
@@ -78,3 +90,6 @@ mkdir -p "$out/plots" && cp "$work"/plots/*.png "$out/plots/"
 if [[ $protocol == t2_long* ]]; then
   python "$here/protocol.py" change "$work" "$out"
 fi
+# 7. t2_rep: its readings (the teacher's effect at 4 epochs, 4 vs 8 epochs) -> replicate.md.
+[ "$protocol" = t2_rep ] && python "$here/protocol.py" replicate "$work" "$out"
+exit 0
