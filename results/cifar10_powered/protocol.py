@@ -6,6 +6,7 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py spread WORKDIR [T=1]      # the 4-seed check
   python results/cifar10_powered/protocol.py change WORKDIR [OUT]      # t2_long(_ext)
   python results/cifar10_powered/protocol.py replicate WORKDIR [OUT]   # t2_rep
+  python results/cifar10_powered/protocol.py teachers [OUT]            # t2_teacher1, 2
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -105,14 +106,21 @@ def _minus(a: list[float], b: list[float]) -> list[float]:
     return [x - y for x, y in zip(a, b, strict=True)]
 
 
-def _write_paired(out: str, name: str, command: str, seeds: list[int], rows: list) -> None:
-    """Each (comparison, per-seed differences) row's paired statistics -> OUT/NAME.{json,md}."""
-    result: dict = {"seeds": seeds, "rows": []}
-    lines = [
+def _seed_header(command: str, seeds: list[int]) -> list[str]:
+    """The title and provenance lines of a table paired by student seed."""
+    return [
         f"# HTA-KL - FKL test accuracy (points), T = 2, seeds {_seed_range(seeds)}, paired by seed",
         "",
         f"Written by `python results/cifar10_powered/protocol.py {command}` "
         f"(Student t, {len(seeds) - 1} df).",
+    ]
+
+
+def _write_paired(out: str, name: str, header: list[str], rows: list, meta: dict) -> None:
+    """Each (comparison, differences) row's mean, SD and 95% interval (Student t, n - 1 df)
+    under `header` -> OUT/NAME.md, and with `meta` -> OUT/NAME.json."""
+    result: dict = meta | {"rows": []}
+    lines = header + [
         "",
         "| comparison | differences | mean | SD | 95% CI | verdict |",
         "|---|---|---|---|---|---|",
@@ -155,7 +163,7 @@ def change(workdir: str, out: str = os.path.join(HERE, "t2_long")) -> None:
         ("HTA-KL - FKL, 4 epochs (t2/)", short),
         ("change from 4 to 8 epochs", _minus(long, short)),
     ]
-    _write_paired(out, "change", "change WORKDIR", seeds, rows)
+    _write_paired(out, "change", _seed_header("change WORKDIR", seeds), rows, {"seeds": seeds})
 
 
 def replicate(workdir: str, out: str = os.path.join(HERE, "t2_rep")) -> None:
@@ -173,7 +181,41 @@ def replicate(workdir: str, out: str = os.path.join(HERE, "t2_rep")) -> None:
         ("teacher effect at 4 epochs (t2_rep/ - t2/)", _minus(rep, first)),
         ("change from 4 to 8 epochs, same teacher (t2_long/ - t2_rep/)", _minus(long, rep)),
     ]
-    _write_paired(out, "replicate", "replicate WORKDIR", seeds, rows)
+    header = _seed_header("replicate WORKDIR", seeds)
+    _write_paired(out, "replicate", header, rows, {"seeds": seeds})
+
+
+# The teacher draws of the T = 2 protocol's recipe, in the order they were trained: name, the
+# results.csv of their 4-epoch students (seeds 0-3 used), and how the teacher came about.
+TEACHER_GRIDS = (
+    ("first", "t2", "root seed 0, at 6efb815, AMD EPYC"),
+    ("retrained", "t2_rep", "root seed 0, at 3c646e7, Intel Xeon"),
+    ("seed 1", "t2_teachers/seed1", "root seed 1"),
+    ("seed 2", "t2_teachers/seed2", "root seed 2"),
+)
+
+
+def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
+    """The teacher-seed readings: HTA-KL - FKL after 4 epochs at student seeds 0-3, per teacher
+    (each grid's results.csv that exists), and over teachers as a random factor: the per-teacher
+    mean gaps' mean, SD and 95% interval (Student t, teachers - 1 df) -> OUT/teachers.{json,md}."""
+    seeds = list(FIRST_SEEDS)
+    rows, means, names = [], [], []
+    for name, grid, origin in TEACHER_GRIDS:
+        path = os.path.join(HERE, grid, "results.csv")
+        if os.path.isfile(path):
+            gaps = _gaps(path, seeds)
+            rows.append((f"teacher {name} ({origin}; {grid}/), student seeds 0-3", gaps))
+            means.append(float(np.mean(gaps)))
+            names.append(name)
+    rows.append((f"over teachers ({', '.join(names)}): per-teacher means", means))
+    header = [
+        "# HTA-KL - FKL test accuracy (points), T = 2, 4 epochs: per teacher, and over teachers",
+        "",
+        "Written by `python results/cifar10_powered/protocol.py teachers` (Student t, n - 1 df",
+        "per row: n student seeds in a teacher's row, n teachers in the last).",
+    ]
+    _write_paired(out, "teachers", header, rows, {"seeds": seeds, "teachers": names})
 
 
 def spread(workdir: str, timesteps: str = "1") -> None:
@@ -203,9 +245,10 @@ COMMANDS = {
     "spread": spread,
     "change": change,
     "replicate": replicate,
+    "teachers": teachers,
 }
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4) or sys.argv[1] not in COMMANDS:
-        sys.exit(f"usage: protocol.py {{{','.join(COMMANDS)}}} WORKDIR [OUT]")
+    if len(sys.argv) not in (2, 3, 4) or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: protocol.py {{{','.join(COMMANDS)}}} [WORKDIR] [OUT]")
     COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -2,14 +2,16 @@
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
 #   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL] [TEACHER]
-# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext or t2_rep.
+# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext, t2_rep, t2_teacher1 or t2_teacher2.
 # The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
 # default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none (else it is trained).
 # t2 and t2_long have no tuning runs (the learning rate of both earlier tunings) and no ablation
 # arms; t2_long trains its 4 seeds seed by seed (whole pairs if cut off), with no power check;
 # t2_long_ext is t2_long at seeds 0-7, run in t2_long's WORKDIR (its seeds 0-3 are reused);
 # t2_rep is t2 at seeds 0-3 from t2_long's teacher (TEACHER, by default
-# runs/powered_t2_long/teacher), seed by seed; it never trains a teacher of its own.
+# runs/powered_t2_long/teacher), seed by seed; it never trains a teacher of its own;
+# t2_teacher1 and t2_teacher2 are t2 at seeds 0-3, each with its own teacher (root seed 1 or 2)
+# trained in WORKDIR, never linked; use one WORKDIR per teacher.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
@@ -27,8 +29,11 @@ case "$protocol" in
                out=$here/t2_long_ext; lrs=""; timesteps=2; seeds=8 ;;
   t2_rep) grid=configs/powered.py:t2_rep; base=configs/powered.py:t2_rep_base; out=$here/t2_rep
           lrs=""; timesteps=2; seeds=4 ;;
-  *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext or t2_rep," \
-       "got '$protocol'" >&2
+  t2_teacher1 | t2_teacher2)
+    grid=configs/powered.py:$protocol; base=configs/powered.py:${protocol}_base
+    out=$here/t2_teachers/seed${protocol#t2_teacher}; lrs=""; timesteps=2; seeds=4; own=1 ;;
+  *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext, t2_rep," \
+       "t2_teacher1 or t2_teacher2, got '$protocol'" >&2
      exit 1 ;;
 esac
 mkdir -p "$work" "$out"
@@ -39,7 +44,7 @@ finished() { python -c "import sys; from htakl_jax import runs; sys.exit(not run
 default_teacher=runs/powered/teacher
 [ "$protocol" = t2_rep ] && default_teacher=runs/powered_t2_long/teacher
 given=${3:-$default_teacher}
-if [ "$protocol" != first ] && [ ! -e "$teacher" ] && finished "$given"; then
+if [ "$protocol" != first ] && [ -z "${own:-}" ] && [ ! -e "$teacher" ] && finished "$given"; then
   ln -s "$(realpath "$given")" "$teacher"
 fi
 if [ "$protocol" = t2_rep ] && ! finished "$teacher"; then
@@ -92,4 +97,6 @@ if [[ $protocol == t2_long* ]]; then
 fi
 # 7. t2_rep: its readings (the teacher's effect at 4 epochs, 4 vs 8 epochs) -> replicate.md.
 [ "$protocol" = t2_rep ] && python "$here/protocol.py" replicate "$work" "$out"
+# 8. t2_teacher1/2: the gap per teacher and over teachers -> t2_teachers/teachers.md.
+[ -n "${own:-}" ] && python "$here/protocol.py" teachers "$here/t2_teachers"
 exit 0
