@@ -88,19 +88,21 @@ PROTOCOLS = {
         "epochs": 8,
         "lr": 0.1,
         "T": 2,
+        "seeds": 4,
     },
 }
-PROTOCOLS["t2_long_ext"] = PROTOCOLS["t2_long"] | {"results": RESULTS / "t2_long_ext"}
-PROTOCOLS["t2_rep"] = PROTOCOLS["t2"] | {"results": RESULTS / "t2_rep"}
+PROTOCOLS["t2_long_ext"] = PROTOCOLS["t2_long"] | {"results": RESULTS / "t2_long_ext", "seeds": 8}
+PROTOCOLS["t2_rep"] = PROTOCOLS["t2"] | {"results": RESULTS / "t2_rep", "seeds": 4}
 PROTOCOLS["t2_teacher1"] = PROTOCOLS["t2"] | {
     "results": RESULTS / "t2_teachers" / "seed1",
     "teacher_seed": 1,
+    "seeds": 4,
 }
 PROTOCOLS["t2_teacher2"] = PROTOCOLS["t2"] | {
     "results": RESULTS / "t2_teachers" / "seed2",
     "teacher_seed": 2,
+    "seeds": 4,
 }
-FOUR_SEEDS = ("t2_long", "t2_rep", "t2_teacher1", "t2_teacher2")  # grids at student seeds 0-3
 ARGS = ("grid", "base") + tuple(a for p in list(PROTOCOLS)[1:] for a in (p, f"{p}_base"))
 
 
@@ -154,7 +156,7 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
     c.base = base_config(protocol)
     c.grid.methods = ("fkl", "hta_kl")
     c.grid.timesteps = (timesteps,)
-    c.grid.seeds = (0, 1, 2, 3) if protocol in FOUR_SEEDS else tuple(range(8))
+    c.grid.seeds = tuple(range(PROTOCOLS[protocol].get("seeds", 8)))
     ratio = _read_chosen(PROTOCOLS[protocol]["results"], "head_ratio.json", "head_ratio")
     c.ablation.head_ratios = () if ratio is None else (round(ratio, 2),)
     c.ablation.weight_temperatures = () if protocol.startswith("t2") else (1.0,)
