@@ -57,6 +57,11 @@ t2_teachers/), fixed after the replication showed that the teacher draw moves th
 any of their teachers trained: the T = 2 protocol at student seeds 0-3, each distilling its own
 teacher trained with root seed 1 or 2 (the config's `seed`, which the grid overrides for every
 student), so that teachers become a second, random factor of the comparison.
+
+More teacher seeds (`t2_teacher3` to `t2_teacher5` and their `_base`), fixed after the first
+three teachers' readings and before any of these teachers trained: the same protocol with root
+seeds 3, 4 and 5 at student seeds 0-1 only. The between-teacher spread dominates the interval
+over teachers, so with a fixed budget more teachers at fewer student seeds narrow it most.
 """
 
 from __future__ import annotations
@@ -93,16 +98,12 @@ PROTOCOLS = {
 }
 PROTOCOLS["t2_long_ext"] = PROTOCOLS["t2_long"] | {"results": RESULTS / "t2_long_ext", "seeds": 8}
 PROTOCOLS["t2_rep"] = PROTOCOLS["t2"] | {"results": RESULTS / "t2_rep", "seeds": 4}
-PROTOCOLS["t2_teacher1"] = PROTOCOLS["t2"] | {
-    "results": RESULTS / "t2_teachers" / "seed1",
-    "teacher_seed": 1,
-    "seeds": 4,
-}
-PROTOCOLS["t2_teacher2"] = PROTOCOLS["t2"] | {
-    "results": RESULTS / "t2_teachers" / "seed2",
-    "teacher_seed": 2,
-    "seeds": 4,
-}
+for k in range(1, 6):  # teacher seeds 1-2 at 4 student seeds, the extension's 3-5 at 2
+    PROTOCOLS[f"t2_teacher{k}"] = PROTOCOLS["t2"] | {
+        "results": RESULTS / "t2_teachers" / f"seed{k}",
+        "teacher_seed": k,
+        "seeds": 4 if k <= 2 else 2,
+    }
 ARGS = ("grid", "base") + tuple(a for p in list(PROTOCOLS)[1:] for a in (p, f"{p}_base"))
 
 
@@ -144,8 +145,8 @@ def base_config(protocol: str = "first") -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
-    """`grid` (default) / `restart` / `t2` / `t2_long`: the comparison grid of a protocol;
-    `base` / `restart_base` / `t2_base` / `t2_long_base`: its training config."""
+    """`grid` (default, the first protocol) or a protocol's name (`restart`, `t2`, ...: the keys
+    of PROTOCOLS): its comparison grid; `base` or `<protocol>_base`: its training config."""
     if arg not in ARGS:
         raise ValueError(f"configs/powered.py: argument must be one of {ARGS}, got {arg!r}")
     protocol = "first" if arg in ("grid", "base") else arg.removesuffix("_base")

@@ -6,7 +6,7 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py spread WORKDIR [T=1]      # the 4-seed check
   python results/cifar10_powered/protocol.py change WORKDIR [OUT]      # t2_long(_ext)
   python results/cifar10_powered/protocol.py replicate WORKDIR [OUT]   # t2_rep
-  python results/cifar10_powered/protocol.py teachers [OUT]            # t2_teacher1, 2
+  python results/cifar10_powered/protocol.py teachers [OUT]            # t2_teacherK
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -186,36 +186,53 @@ def replicate(workdir: str, out: str = os.path.join(HERE, "t2_rep")) -> None:
 
 
 # The teacher draws of the T = 2 protocol's recipe, in the order they were trained: name, the
-# results.csv of their 4-epoch students (seeds 0-3 used), and how the teacher came about.
+# results.csv of their 4-epoch students, how the teacher came about, and the student seeds that
+# its protocol planned (0 to n - 1; t2/ has 8, its first 4 count here).
 TEACHER_GRIDS = (
-    ("first", "t2", "root seed 0, at 6efb815, AMD EPYC"),
-    ("retrained", "t2_rep", "root seed 0, at 3c646e7, Intel Xeon"),
-    ("seed 1", "t2_teachers/seed1", "root seed 1"),
-    ("seed 2", "t2_teachers/seed2", "root seed 2"),
+    ("first", "t2", "root seed 0, at 6efb815, AMD EPYC", 4),
+    ("retrained", "t2_rep", "root seed 0, at 3c646e7, Intel Xeon", 4),
+    ("seed 1", "t2_teachers/seed1", "root seed 1", 4),
+    ("seed 2", "t2_teachers/seed2", "root seed 2", 4),
+    ("seed 3", "t2_teachers/seed3", "root seed 3", 2),
+    ("seed 4", "t2_teachers/seed4", "root seed 4", 2),
+    ("seed 5", "t2_teachers/seed5", "root seed 5", 2),
 )
+FIRST_TEACHERS = 4  # the teacher-seed protocol's primary reading (ac7209d): the first four
+
+
+def _over_teachers(label: str, gaps: dict[str, list[float]], seeds: int | None = None) -> tuple:
+    """A row over teachers: each teacher's mean gap (over its first `seeds` student seeds, or
+    all of them), one difference per teacher."""
+    means = [float(np.mean(g[:seeds])) for g in gaps.values()]
+    return (f"over teachers ({', '.join(gaps)}){label}: per-teacher means", means)
 
 
 def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
-    """The teacher-seed readings: HTA-KL - FKL after 4 epochs at student seeds 0-3, per teacher
-    (each grid's results.csv that exists), and over teachers as a random factor: the per-teacher
-    mean gaps' mean, SD and 95% interval (Student t, teachers - 1 df) -> OUT/teachers.{json,md}."""
-    seeds = list(FIRST_SEEDS)
-    rows, means, names = [], [], []
-    for name, grid, origin in TEACHER_GRIDS:
+    """The teacher-seed readings: HTA-KL - FKL after 4 epochs, per teacher (each grid whose
+    results.csv exists, at its planned student seeds), and over teachers as a random factor:
+    the per-teacher mean gaps' mean, SD and 95% interval (Student t, teachers - 1 df), over the
+    first four teachers and, once there are more, over all of them and over all of them at
+    student seeds 0-1 only (equal weights) -> OUT/teachers.{json,md}."""
+    gaps: dict[str, list[float]] = {}
+    rows = []
+    for name, grid, origin, n in TEACHER_GRIDS:
         path = os.path.join(HERE, grid, "results.csv")
         if os.path.isfile(path):
-            gaps = _gaps(path, seeds)
-            rows.append((f"teacher {name} ({origin}; {grid}/), student seeds 0-3", gaps))
-            means.append(float(np.mean(gaps)))
-            names.append(name)
-    rows.append((f"over teachers ({', '.join(names)}): per-teacher means", means))
+            gaps[name] = _gaps(path, list(range(n)))
+            label = f"teacher {name} ({origin}; {grid}/), student seeds 0-{n - 1}"
+            rows.append((label, gaps[name]))
+    first = dict(list(gaps.items())[:FIRST_TEACHERS])
+    rows.append(_over_teachers("", first))
+    if len(gaps) > FIRST_TEACHERS:
+        rows += [_over_teachers("", gaps), _over_teachers(", student seeds 0-1", gaps, 2)]
     header = [
         "# HTA-KL - FKL test accuracy (points), T = 2, 4 epochs: per teacher, and over teachers",
         "",
         "Written by `python results/cifar10_powered/protocol.py teachers` (Student t, n - 1 df",
-        "per row: n student seeds in a teacher's row, n teachers in the last).",
+        "per row: n student seeds in a teacher's row, n teachers in the rows over teachers).",
     ]
-    _write_paired(out, "teachers", header, rows, {"seeds": seeds, "teachers": names})
+    meta = {"teachers": list(gaps), "student_seeds": {k: len(g) for k, g in gaps.items()}}
+    _write_paired(out, "teachers", header, rows, meta)
 
 
 def spread(workdir: str, timesteps: str = "1") -> None:

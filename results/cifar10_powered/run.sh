@@ -2,16 +2,17 @@
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
 #   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL] [TEACHER]
-# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext, t2_rep, t2_teacher1 or t2_teacher2.
+# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext, t2_rep or t2_teacher1 to 5.
 # The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
 # default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none (else it is trained).
 # t2 and t2_long have no tuning runs (the learning rate of both earlier tunings) and no ablation
-# arms; t2_long trains its 4 seeds seed by seed (whole pairs if cut off), with no power check;
+# arms; t2_long trains its seeds seed by seed (whole pairs if cut off), with no power check;
 # t2_long_ext is t2_long at seeds 0-7, run in t2_long's WORKDIR (its seeds 0-3 are reused);
 # t2_rep is t2 at seeds 0-3 from t2_long's teacher (TEACHER, by default
 # runs/powered_t2_long/teacher), seed by seed; it never trains a teacher of its own;
-# t2_teacher1 and t2_teacher2 are t2 at seeds 0-3, each with its own teacher (root seed 1 or 2)
-# trained in WORKDIR, never linked; use one WORKDIR per teacher.
+# t2_teacherK (K = 1-5) is t2 at seeds 0-3 (K <= 2) or 0-1, seed by seed, with its own teacher
+# (root seed K) trained in WORKDIR, never linked; use one WORKDIR per teacher. The seed counts
+# are the grids' (configs/powered.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
@@ -24,16 +25,16 @@ case "$protocol" in
            lrs="0.025 0.05 0.1"; timesteps=1 ;;
   t2) grid=configs/powered.py:t2; base=configs/powered.py:t2_base; out=$here/t2; lrs=""; timesteps=2 ;;
   t2_long) grid=configs/powered.py:t2_long; base=configs/powered.py:t2_long_base; out=$here/t2_long
-           lrs=""; timesteps=2; seeds=4 ;;
+           lrs=""; timesteps=2; byseed=1 ;;
   t2_long_ext) grid=configs/powered.py:t2_long_ext; base=configs/powered.py:t2_long_ext_base
-               out=$here/t2_long_ext; lrs=""; timesteps=2; seeds=8 ;;
+               out=$here/t2_long_ext; lrs=""; timesteps=2; byseed=1 ;;
   t2_rep) grid=configs/powered.py:t2_rep; base=configs/powered.py:t2_rep_base; out=$here/t2_rep
-          lrs=""; timesteps=2; seeds=4 ;;
-  t2_teacher1 | t2_teacher2)
+          lrs=""; timesteps=2; byseed=1 ;;
+  t2_teacher[1-5])
     grid=configs/powered.py:$protocol; base=configs/powered.py:${protocol}_base
-    out=$here/t2_teachers/seed${protocol#t2_teacher}; lrs=""; timesteps=2; seeds=4; own=1 ;;
-  *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext, t2_rep," \
-       "t2_teacher1 or t2_teacher2, got '$protocol'" >&2
+    out=$here/t2_teachers/seed${protocol#t2_teacher}; lrs=""; timesteps=2; byseed=1; own=1 ;;
+  *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext, t2_rep" \
+       "or t2_teacher1 to t2_teacher5, got '$protocol'" >&2
      exit 1 ;;
 esac
 mkdir -p "$work" "$out"
@@ -65,9 +66,12 @@ if [ -n "$lrs" ] && [ ! -f "$out/tuning.json" ]; then
   python "$here/protocol.py" choose-lr "$work" "$out"
 fi
 
-# 3. FKL and HTA-KL at seeds 0-3, then the planned check of the paired spread (stops here when
-#    the spread is above 2 points).
-if [ -n "${seeds:-}" ]; then  # seed by seed: a cut-off run leaves whole pairs
+# 3. FKL and HTA-KL at seeds 0-3 (seed by seed: every seed of the grid), then the planned check
+#    of the paired spread (not for seed-by-seed protocols; stops here when the spread is above
+#    2 points).
+if [ -n "${byseed:-}" ]; then  # seed by seed: a cut-off run leaves whole pairs
+  seeds=$(python -c "import runpy, sys
+print(len(runpy.run_path('configs/powered.py')['get_config'](sys.argv[1]).grid.seeds))" "$protocol")
   for ((n = 1; n <= seeds; n++)); do
     python -m htakl_jax.experiments --config "$grid" --workdir "$work" --stage train \
       "--config.grid.seeds=($(seq -s, 0 $((n - 1))),)"
@@ -97,6 +101,6 @@ if [[ $protocol == t2_long* ]]; then
 fi
 # 7. t2_rep: its readings (the teacher's effect at 4 epochs, 4 vs 8 epochs) -> replicate.md.
 [ "$protocol" = t2_rep ] && python "$here/protocol.py" replicate "$work" "$out"
-# 8. t2_teacher1/2: the gap per teacher and over teachers -> t2_teachers/teachers.md.
+# 8. t2_teacherK: the gap per teacher and over teachers -> t2_teachers/teachers.md.
 [ -n "${own:-}" ] && python "$here/protocol.py" teachers "$here/t2_teachers"
 exit 0
