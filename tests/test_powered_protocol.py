@@ -1,0 +1,71 @@
+"""The powered protocol's readings over teachers (results/cifar10_powered/protocol.py teachers),
+on made-up grids whose gaps are chosen by hand."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location(
+    "protocol", ROOT / "results/cifar10_powered/protocol.py"
+)
+protocol = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(protocol)
+
+# Per teacher grid: HTA-KL - FKL (points) at student seeds 0, 1, ... (FKL fixed at 40%).
+GAPS = {
+    "t2": [-1.0, -2.0, -1.5, -0.5, 9.0, 9.0, 9.0, 9.0],  # seeds 4-7 are outside the protocol
+    "t2_rep": [0.5, 1.0, 0.0, 1.5],
+    "t2_teachers/seed1": [-3.0, 0.0, -1.0, -4.0],
+    "t2_teachers/seed2": [1.0, 2.0, 0.0, 1.0],
+    "t2_teachers/seed3": [-2.0, 1.0],
+    "t2_teachers/seed4": [0.0, 3.0],
+}
+
+
+def _write_grid(root: Path, grid: str, gaps: list[float]) -> None:
+    (root / grid).mkdir(parents=True, exist_ok=True)
+    with open(root / grid / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["method", "seed", "accuracy_T2"])
+        w.writeheader()
+        for seed, gap in enumerate(gaps):
+            w.writerow({"method": "fkl", "seed": seed, "accuracy_T2": 0.4})
+            w.writerow({"method": "hta_kl", "seed": seed, "accuracy_T2": 0.4 + gap / 100})
+
+
+def _interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval, from SciPy."""
+    x = np.asarray(values)
+    half = scipy_stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+@pytest.mark.parametrize("grids", [4, 6])
+def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monkeypatch, grids):
+    for grid, gaps in list(GAPS.items())[:grids]:
+        _write_grid(tmp_path, grid, gaps)
+    monkeypatch.setattr(protocol, "HERE", str(tmp_path))
+    protocol.teachers(str(tmp_path / "out"))
+    rows = json.loads((tmp_path / "out" / "teachers.json").read_text())["rows"]
+
+    planned = [g[:4] for g in GAPS.values()]  # t2 counts seeds 0-3; the new teachers have 2
+    for row, gaps in zip(rows[:grids], planned[:grids], strict=True):
+        np.testing.assert_allclose(row["differences"], gaps, atol=1e-9)
+    first_four = [-1.25, 0.75, -2.0, 1.0]  # the per-teacher means, by hand
+    expected = [first_four]
+    if grids == 6:
+        expected += [first_four + [-0.5, 1.5], [-1.5, 0.75, -1.5, 1.5, -0.5, 1.5]]  # seeds 0-1
+    over = rows[grids:]
+    assert len(over) == len(expected)
+    for row, means in zip(over, expected, strict=True):
+        np.testing.assert_allclose(row["differences"], means, atol=1e-9)
+        mean, low, high = _interval(means)
+        np.testing.assert_allclose((row["mean"], row["low"], row["high"]), (mean, low, high))
+    assert (tmp_path / "out" / "teachers.md").read_text().count("| over teachers") == len(over)
