@@ -47,22 +47,27 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     return x.mean(), x.mean() - half, x.mean() + half
 
 
-@pytest.mark.parametrize("grids", [4, 6])
-def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monkeypatch, grids):
-    for grid, gaps in list(GAPS.items())[:grids]:
-        _write_grid(tmp_path, grid, gaps)
+# The per-teacher mean gaps, by hand (t2 counts its seeds 0-3 only), and at seeds 0-1.
+MEANS = [-1.25, 0.75, -2.0, 1.0, -0.5, 1.5]
+MEANS_01 = [-1.5, 0.75, -1.5, 1.5, -0.5, 1.5]
+
+
+@pytest.mark.parametrize("present", [(0, 1, 2, 3), (0, 1, 2, 3, 4, 5), (0, 1, 2, 4)])
+def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monkeypatch, present):
+    grids = list(GAPS.items())
+    for i in present:
+        _write_grid(tmp_path, *grids[i])
     monkeypatch.setattr(protocol, "HERE", str(tmp_path))
     protocol.teachers(str(tmp_path / "out"))
     rows = json.loads((tmp_path / "out" / "teachers.json").read_text())["rows"]
 
-    planned = [g[:4] for g in GAPS.values()]  # t2 counts seeds 0-3; the new teachers have 2
-    for row, gaps in zip(rows[:grids], planned[:grids], strict=True):
-        np.testing.assert_allclose(row["differences"], gaps, atol=1e-9)
-    first_four = [-1.25, 0.75, -2.0, 1.0]  # the per-teacher means, by hand
-    expected = [first_four]
-    if grids == 6:
-        expected += [first_four + [-0.5, 1.5], [-1.5, 0.75, -1.5, 1.5, -0.5, 1.5]]  # seeds 0-1
-    over = rows[grids:]
+    for row, i in zip(rows, present, strict=False):  # the new teachers plan seeds 0-1
+        np.testing.assert_allclose(row["differences"], grids[i][1][:4], atol=1e-9)
+    # The planned four-teacher row holds the first four teachers only, whichever others exist.
+    expected = [[MEANS[i] for i in present if i < 4]]
+    if max(present) >= 4:
+        expected += [[MEANS[i] for i in present], [MEANS_01[i] for i in present]]
+    over = rows[len(present) :]
     assert len(over) == len(expected)
     for row, means in zip(over, expected, strict=True):
         np.testing.assert_allclose(row["differences"], means, atol=1e-9)
