@@ -21,6 +21,7 @@ import dataclasses
 import glob
 import json
 import os
+import runpy
 import sys
 
 import numpy as np
@@ -29,6 +30,7 @@ from htakl_jax import metrics, runs
 from htakl_jax.analysis import stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 FIRST_SEEDS = (0, 1, 2, 3)
 MAX_SPREAD = 2.0  # points: the planned bound on the SD of the paired accuracy differences
 
@@ -185,20 +187,28 @@ def replicate(workdir: str, out: str = os.path.join(HERE, "t2_rep")) -> None:
     _write_paired(out, "replicate", header, rows, {"seeds": seeds})
 
 
-# The teacher draws of the T = 2 protocol's recipe, in the order they were trained: name, the
-# results.csv of their 4-epoch students, how the teacher came about, and the student seeds that
-# its protocol planned (0 to n - 1; t2/ has 8, its first 4 count here).
-TEACHER_GRIDS = (
+# The two teachers of root seed 0 that came before the teacher-seed protocols, with the student
+# seeds those protocols plan (t2/ has 8; its first 4 count here).
+SEED0_TEACHERS = (
     ("first", "t2", "root seed 0, at 6efb815, AMD EPYC", 4),
     ("retrained", "t2_rep", "root seed 0, at 3c646e7, Intel Xeon", 4),
-    ("seed 1", "t2_teachers/seed1", "root seed 1", 4),
-    ("seed 2", "t2_teachers/seed2", "root seed 2", 4),
-    ("seed 3", "t2_teachers/seed3", "root seed 3", 2),
-    ("seed 4", "t2_teachers/seed4", "root seed 4", 2),
-    ("seed 5", "t2_teachers/seed5", "root seed 5", 2),
 )
 # The teacher-seed protocol's primary reading (ac7209d) is over these four.
 FIRST_TEACHERS = ("first", "retrained", "seed 1", "seed 2")
+
+
+def _teacher_grids() -> tuple[tuple[str, str, str, int], ...]:
+    """The teacher draws of the T = 2 protocol's recipe, in the order they were trained: name,
+    the folder of their 4-epoch students' results.csv (relative to this one), how the teacher
+    came about, and the student seeds its protocol plans (0 to n - 1). The teacher-seed grids
+    come from configs/powered.py's PROTOCOLS, as run.sh runs them."""
+    powered = runpy.run_path(os.path.join(REPO, "configs", "powered.py"))
+    grids = list(SEED0_TEACHERS)
+    for p in powered["PROTOCOLS"].values():
+        if "teacher_seed" in p:
+            k, folder = p["teacher_seed"], os.path.relpath(p["results"], powered["RESULTS"])
+            grids.append((f"seed {k}", folder, f"root seed {k}", p["seeds"]))
+    return tuple(grids)
 
 
 def _over_teachers(label: str, gaps: dict[str, list[float]], seeds: int | None = None) -> tuple:
@@ -216,7 +226,7 @@ def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
     student seeds 0-1 only (equal weights) -> OUT/teachers.{json,md}."""
     gaps: dict[str, list[float]] = {}
     rows = []
-    for name, grid, origin, n in TEACHER_GRIDS:
+    for name, grid, origin, n in _teacher_grids():
         path = os.path.join(HERE, grid, "results.csv")
         if os.path.isfile(path):
             gaps[name] = _gaps(path, list(range(n)))
