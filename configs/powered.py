@@ -62,6 +62,13 @@ More teacher seeds (`t2_teacher3` to `t2_teacher5` and their `_base`), fixed aft
 three teachers' readings and before any of these teachers trained: the same protocol with root
 seeds 3, 4 and 5 at student seeds 0-1 only. The between-teacher spread dominates the interval
 over teachers, so with a fixed budget more teachers at fewer student seeds narrow it most.
+
+No distillation (`t2_ce`, `t2_ce_base`; results/cifar10_powered/t2_ce/), fixed after the
+seven-teacher reading and before any of its students trained: the T = 2 protocol's students
+trained by cross-entropy alone (method "ce", alpha ignored) at seeds 0-7. Does distillation
+help at all at this scale, and how large is the HTA-KL - FKL gap beside that gain? A CE student
+uses no teacher, so its seed s pairs with seed s of every teacher's grid; the grid links the
+retrained teacher (t2_long's) only for its teacher endpoints and never trains one.
 """
 
 from __future__ import annotations
@@ -104,6 +111,11 @@ for k in range(1, 6):  # teacher seeds 1-2 at 4 student seeds, the extension's 3
         "teacher_seed": k,
         "seeds": 4 if k <= 2 else 2,
     }
+PROTOCOLS["t2_ce"] = PROTOCOLS["t2"] | {
+    "results": RESULTS / "t2_ce",
+    "seeds": 8,
+    "methods": ("ce",),
+}
 ARGS = ("grid", "base") + tuple(a for p in list(PROTOCOLS)[1:] for a in (p, f"{p}_base"))
 
 
@@ -155,7 +167,7 @@ def get_config(arg: str = "grid") -> ml_collections.ConfigDict:
     timesteps = PROTOCOLS[protocol]["T"]
     c = runpy.run_path(str(Path(__file__).with_name("compare.py")))["get_config"]("quickstart")
     c.base = base_config(protocol)
-    c.grid.methods = ("fkl", "hta_kl")
+    c.grid.methods = PROTOCOLS[protocol].get("methods", ("fkl", "hta_kl"))
     c.grid.timesteps = (timesteps,)
     c.grid.seeds = tuple(range(PROTOCOLS[protocol].get("seeds", 8)))
     ratio = _read_chosen(PROTOCOLS[protocol]["results"], "head_ratio.json", "head_ratio")

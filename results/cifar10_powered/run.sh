@@ -2,7 +2,8 @@
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
 #   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL] [TEACHER]
-# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext, t2_rep or t2_teacher1 to 5.
+# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext, t2_rep, t2_teacher1 to 5 or
+# t2_ce.
 # The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
 # default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none (else it is trained).
 # t2 and t2_long have no tuning runs (the learning rate of both earlier tunings) and no ablation
@@ -11,8 +12,10 @@
 # t2_rep is t2 at seeds 0-3 from t2_long's teacher (TEACHER, by default
 # runs/powered_t2_long/teacher), seed by seed; it never trains a teacher of its own;
 # t2_teacherK (K = 1-5) is t2 at seeds 0-3 (K <= 2) or 0-1, seed by seed, with its own teacher
-# (root seed K) trained in WORKDIR, never linked; use one WORKDIR per teacher. The seed counts
-# are the grids' (configs/powered.py).
+# (root seed K) trained in WORKDIR, never linked; use one WORKDIR per teacher. t2_ce is t2's
+# students without distillation (CE) at seeds 0-7, seed by seed; like t2_rep it links t2_long's
+# teacher (for the teacher endpoints only) and never trains one. The seed counts are the
+# grids' (configs/powered.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-runs/powered}
@@ -30,11 +33,13 @@ case "$protocol" in
                out=$here/t2_long_ext; lrs=""; timesteps=2; byseed=1 ;;
   t2_rep) grid=configs/powered.py:t2_rep; base=configs/powered.py:t2_rep_base; out=$here/t2_rep
           lrs=""; timesteps=2; byseed=1 ;;
+  t2_ce) grid=configs/powered.py:t2_ce; base=configs/powered.py:t2_ce_base; out=$here/t2_ce
+         lrs=""; timesteps=2; byseed=1 ;;
   t2_teacher[1-5])
     grid=configs/powered.py:$protocol; base=configs/powered.py:${protocol}_base
     out=$here/t2_teachers/seed${protocol#t2_teacher}; lrs=""; timesteps=2; byseed=1; own=1 ;;
-  *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext, t2_rep" \
-       "or t2_teacher1 to t2_teacher5, got '$protocol'" >&2
+  *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext, t2_rep," \
+       "t2_teacher1 to t2_teacher5 or t2_ce, got '$protocol'" >&2
      exit 1 ;;
 esac
 mkdir -p "$work" "$out"
@@ -43,13 +48,13 @@ finished() { python -c "import sys; from htakl_jax import runs; sys.exit(not run
 
 # 1. The teacher: 49,000 training images (all but the 1,000-image hold-out).
 default_teacher=runs/powered/teacher
-[ "$protocol" = t2_rep ] && default_teacher=runs/powered_t2_long/teacher
+[[ $protocol == t2_rep || $protocol == t2_ce ]] && default_teacher=runs/powered_t2_long/teacher
 given=${3:-$default_teacher}
 if [ "$protocol" != first ] && [ -z "${own:-}" ] && [ ! -e "$teacher" ] && finished "$given"; then
   ln -s "$(realpath "$given")" "$teacher"
 fi
-if [ "$protocol" = t2_rep ] && ! finished "$teacher"; then
-  echo "error: t2_rep distils t2_long's teacher; none finished in '$given'" >&2
+if [[ $protocol == t2_rep || $protocol == t2_ce ]] && ! finished "$teacher"; then
+  echo "error: $protocol links t2_long's teacher; none finished in '$given'" >&2
   exit 1
 fi
 finished "$teacher" || python -m htakl_jax.main --config "$base" --mode teacher --workdir "$work"
@@ -103,4 +108,6 @@ fi
 [ "$protocol" = t2_rep ] && python "$here/protocol.py" replicate "$work" "$out"
 # 8. t2_teacherK: the gap per teacher and over teachers -> t2_teachers/teachers.md.
 [ -n "${own:-}" ] && python "$here/protocol.py" teachers "$here/t2_teachers"
+# 9. t2_ce: distillation's gain over CE, per teacher and over teachers -> t2_ce/kd_gain.md.
+[ "$protocol" = t2_ce ] && python "$here/protocol.py" kd-gain "$work" "$out"
 exit 0
