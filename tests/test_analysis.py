@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from htakl_jax import runs
 from htakl_jax.analysis import ablation, endpoints, plots, report, stats, tables, tsne
@@ -362,6 +363,20 @@ def test_paired_stats_hand_computed_t_interval():
     assert stats.verdict(stats.paired_stats([0.5])) == "no interval (1 seed)"
     with pytest.raises(ValueError, match="non-empty"):
         stats.paired_stats([])
+
+
+def test_welch_stats_hand_computed_interval():
+    """a = 2, 4 (mean 3, var 2), b = 0, 1, 2 (mean 1, var 1): SE^2 = 2/2 + 1/3 = 4/3 and
+    Welch-Satterthwaite df = (4/3)^2 / (1^2 / 1 + (1/3)^2 / 2) = 32/19."""
+    w = stats.welch_stats([2.0, 4.0], [0.0, 1.0, 2.0])
+    half = scipy_stats.t.ppf(0.975, 32 / 19) * np.sqrt(4 / 3)
+    assert (w.n_a, w.n_b) == (2, 3) and w.mean == pytest.approx(2.0)
+    assert w.df == pytest.approx(32 / 19)
+    assert (w.low, w.high) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert not w.detected  # half = 5.9: the interval holds 0
+    assert stats.welch_stats([10.0, 10.1, 9.9], [0.0, 0.1, -0.1]).detected
+    with pytest.raises(ValueError, match="b must be 1-D, finite"):
+        stats.welch_stats([1.0, 2.0], [1.0])
 
 
 def test_seeds_for_power_against_the_normal_approximation():

@@ -21,11 +21,13 @@ from scipy import stats as scipy_stats
 __all__ = [
     "ENDPOINT_UNITS",
     "PairedStats",
+    "WelchStats",
     "paired_comparisons",
     "paired_stats",
     "paired_t_power",
     "seeds_for_power",
     "verdict",
+    "welch_stats",
 ]
 
 # Seeds beyond which `seeds_for_power` gives up (None): more than any grid here could run.
@@ -107,6 +109,39 @@ def verdict(s: PairedStats, digits: int = 2) -> str:
         return f"no interval ({s.n} seed)"
     ci = f"{round(100 * s.confidence):d}% CI [{s.low:.{digits}f}, {s.high:.{digits}f}]"
     return f"{'detected' if s.detected else 'not detected'} ({ci})"
+
+
+@dataclasses.dataclass(frozen=True)
+class WelchStats:
+    """mean(a) - mean(b) of two independent samples with its two-sided `confidence` interval
+    by Welch's t (unequal variances; `df` the Welch-Satterthwaite degrees of freedom)."""
+
+    n_a: int
+    n_b: int
+    mean: float
+    df: float
+    low: float
+    high: float
+    confidence: float
+
+    @property
+    def detected(self) -> bool:
+        """Whether the interval excludes 0."""
+        return self.low > 0 or self.high < 0
+
+
+def welch_stats(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> WelchStats:
+    """Welch's interval for mean(a) - mean(b), samples of at least 2 finite values each; for
+    arms that share no pairing, or whose pairing a summary has averaged away."""
+    xa, xb = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    for name, x in (("a", xa), ("b", xb)):
+        if x.ndim != 1 or x.size < 2 or not np.all(np.isfinite(x)):
+            raise ValueError(f"welch_stats: {name} must be 1-D, finite, >= 2 values; got {x!r}")
+    r = scipy_stats.ttest_ind(xa, xb, equal_var=False)
+    ci = r.confidence_interval(confidence)
+    mean = float(xa.mean() - xb.mean())
+    low, high = float(ci.low), float(ci.high)
+    return WelchStats(xa.size, xb.size, mean, float(r.df), low, high, confidence)
 
 
 # Endpoint -> (scale to the reported unit, unit, effect for seeds_needed in that unit or None).

@@ -7,6 +7,7 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py change WORKDIR [OUT]      # t2_long(_ext)
   python results/cifar10_powered/protocol.py replicate WORKDIR [OUT]   # t2_rep
   python results/cifar10_powered/protocol.py teachers [OUT]            # t2_teacherK
+  python results/cifar10_powered/protocol.py kd-gain WORKDIR [OUT]     # t2_ce
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -118,31 +119,42 @@ def _seed_header(command: str, seeds: list[int]) -> list[str]:
     ]
 
 
-def _write_paired(out: str, name: str, header: list[str], rows: list, meta: dict) -> None:
-    """Each (comparison, differences) row's mean, SD and 95% interval (Student t, n - 1 df)
-    under `header` -> OUT/NAME.md, and with `meta` -> OUT/NAME.json."""
-    result: dict = meta | {"rows": []}
-    lines = header + [
-        "",
-        "| comparison | differences | mean | SD | 95% CI | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
+def _paired_lines(rows: list) -> tuple[list[str], list[dict]]:
+    """Each (comparison, differences) row's mean, SD and 95% interval (Student t, n - 1 df) as
+    Markdown table lines and as JSON records."""
+    records, lines = (
+        [],
+        [
+            "| comparison | differences | mean | SD | 95% CI | verdict |",
+            "|---|---|---|---|---|---|",
+        ],
+    )
     for comparison, diffs in rows:
         s = stats.paired_stats(diffs)
-        result["rows"].append(
-            {"comparison": comparison, "differences": diffs} | dataclasses.asdict(s)
-        )
+        records.append({"comparison": comparison, "differences": diffs} | dataclasses.asdict(s))
         listed = ", ".join(f"{d:+.2f}" for d in diffs)
         verdict = "detected" if s.detected else "not detected"
         ci = f"[{s.low:+.2f}, {s.high:+.2f}]"
         lines.append(
             f"| {comparison} | {listed} | {s.mean:+.2f} | {s.std:.2f} | {ci} | {verdict} |"
         )
+    return lines, records
+
+
+def _write(out: str, name: str, lines: list[str], result: dict) -> None:
+    """`lines` -> OUT/NAME.md (and printed), `result` -> OUT/NAME.json."""
     os.makedirs(out, exist_ok=True)
     runs.write_json(os.path.join(out, f"{name}.json"), result)
     with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _write_paired(out: str, name: str, header: list[str], rows: list, meta: dict) -> None:
+    """The paired rows (`_paired_lines`) under `header` -> OUT/NAME.md, and with `meta` ->
+    OUT/NAME.json."""
+    lines, records = _paired_lines(rows)
+    _write(out, name, header + [""] + lines, meta | {"rows": records})
 
 
 def _seed_range(seeds: list[int]) -> str:
@@ -245,6 +257,74 @@ def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
     _write_paired(out, "teachers", header, rows, meta)
 
 
+def _welch_line(label: str, w: stats.WelchStats) -> tuple[str, dict]:
+    """A Markdown table row of Welch's reading (points) and its JSON record."""
+    verdict = "detected" if w.detected else "not detected"
+    ci = f"[{w.low:+.2f}, {w.high:+.2f}]"
+    line = f"| {label} | {w.mean:+.2f} | {ci} | {w.df:.1f} | {verdict} |"
+    return line, {"comparison": label} | dataclasses.asdict(w)
+
+
+def _arm_accuracies(
+    ce: dict[int, float],
+) -> tuple[dict[str, dict[str, list[float]]], list[tuple[str, list[float]]]]:
+    """Per teacher grid found (`_teacher_grids`, at its planned student seeds): the FKL and
+    HTA-KL test accuracies (points) at T = 2, and its rows of differences from the CE
+    accuracies `ce` (seed -> points) paired by student seed."""
+    arms: dict[str, dict[str, list[float]]] = {}
+    rows = []
+    for name, grid, _, n in _teacher_grids():
+        path = os.path.join(HERE, grid, "results.csv")
+        if not os.path.isfile(path):
+            continue
+        acc = _csv_accuracies(path, "2")
+        arms[name] = {m: [100 * acc[m, s] for s in range(n)] for m in ("fkl", "hta_kl")}
+        base = [ce[s] for s in range(n)]
+        for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
+            rows.append((f"teacher {name} ({grid}/): {label} - CE", _minus(arms[name][m], base)))
+    return arms, rows
+
+
+def kd_gain(workdir: str, out: str = os.path.join(HERE, "t2_ce")) -> None:
+    """The CE arm's readings: distillation's gain over teachers, FKL - CE and HTA-KL - CE, as
+    the mean of the per-teacher means minus the mean CE accuracy (WORKDIR's results.csv) with
+    Welch's 95% interval; per teacher, the same paired by student seed; and the HTA-KL - FKL
+    gap over teachers beside the FKL gain -> OUT/kd_gain.{json,md}."""
+    acc = _csv_accuracies(os.path.join(workdir, "results.csv"), "2")
+    ce = {s: 100 * a for (m, s), a in sorted(acc.items()) if m == "ce"}
+    arms, paired_rows = _arm_accuracies(ce)
+    means = {m: [float(np.mean(a[m])) for a in arms.values()] for m in ("fkl", "hta_kl")}
+    welch = {m: stats.welch_stats(means[m], list(ce.values())) for m in means}
+    gap = float(np.mean(np.subtract(means["hta_kl"], means["fkl"])))
+    lines = [
+        "# Distillation's gain over CE alone: test accuracy (points), T = 2, 4 epochs",
+        "",
+        "Written by `python results/cifar10_powered/protocol.py kd-gain WORKDIR`. CE (no",
+        f"distillation) at seeds {_seed_range(list(ce))}: {np.mean(list(ce.values())):.2f} ± "
+        f"{np.std(list(ce.values()), ddof=1):.2f}%. Over teachers ({', '.join(arms)}): the mean",
+        "of the per-teacher means minus the CE mean, Welch's 95% interval (unpaired).",
+        "",
+        "| comparison | mean | 95% CI | df | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    records = []
+    for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
+        line, record = _welch_line(f"{label} - CE, over {len(arms)} teachers", welch[m])
+        lines.append(line)
+        records.append(record)
+    paired_lines, paired_records = _paired_lines(paired_rows)
+    lines += [
+        "",
+        f"HTA-KL - FKL over the same teachers: {gap:+.2f} points, "
+        f"{gap / welch['fkl'].mean:+.0%} of the FKL - CE gain.",
+        "",
+        "Per teacher, paired by student seed (Student t, n - 1 df):",
+        "",
+    ] + paired_lines
+    result = {"ce": ce, "teachers": list(arms), "over_teachers": records, "gap": gap}
+    _write(out, "kd_gain", lines, result | {"per_teacher": paired_records})
+
+
 def spread(workdir: str, timesteps: str = "1") -> None:
     """Paired HTA-KL - FKL test-accuracy differences at seeds 0-3 of the students trained (and
     evaluated) at `timesteps`: their spread and interval."""
@@ -273,6 +353,7 @@ COMMANDS = {
     "change": change,
     "replicate": replicate,
     "teachers": teachers,
+    "kd-gain": kd_gain,
 }
 
 if __name__ == "__main__":
