@@ -85,6 +85,10 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         assert grid.base.to_dict() == t2.base.to_dict() | {"seed": k}
         assert powered(f"t2_teacher{k}_base").to_dict() == grid.base.to_dict()
         assert grid.grid.seeds == ((0, 1, 2, 3) if k <= 2 else (0, 1))
+    # No distillation: the T = 2 protocol's students, CE alone, at seeds 0-7.
+    ce = powered("t2_ce")
+    assert ce.base.to_dict() == powered("t2_ce_base").to_dict() == t2.base.to_dict()
+    assert (ce.grid.methods, ce.grid.seeds) == (("ce",), tuple(range(8)))
     with pytest.raises(ValueError, match="argument must be one of"):
         powered("restart_grid")
     # A best checkpoint may be selected on held-out training images.

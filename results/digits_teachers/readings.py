@@ -1,0 +1,114 @@
+"""The readings of the digits teacher-seed protocol (configs/digits_teachers.py), from the grids'
+results.csv that run.sh copies into teacherK/ here -> readings.{md,json}:
+
+  python results/digits_teachers/readings.py [FOLDER]
+
+1. Primary: HTA-KL - FKL test accuracy at T = 2 over teachers: each teacher's mean gap over
+   student seeds 0-7 (paired by seed), their mean and 95% interval (Student t, teachers - 1 df).
+2. Per teacher: HTA-KL - FKL paired by student seed (Student t, 7 df).
+3. Distillation's gain: FKL - CE and HTA-KL - CE, the mean of the per-teacher means minus the CE
+   mean (seeds 0-7, teacher 0's grid), Welch's 95% interval; and under teacher 0, paired by seed.
+Only the teachers whose grid has every planned cell enter; until all four have, it is interim.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from htakl_jax import runs
+from htakl_jax.analysis import stats, tables
+
+HERE = Path(__file__).resolve().parent
+CONFIG = runpy.run_path(str(HERE.parents[1] / "configs" / "digits_teachers.py"))
+TEACHERS, SEEDS = CONFIG["TEACHERS"], CONFIG["SEEDS"]
+
+
+def accuracies(path: Path) -> dict[str, dict[int, float]]:
+    """Test accuracy at T = 2 (points) per method and student seed, from a grid's results.csv."""
+    out: dict[str, dict[int, float]] = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            out.setdefault(r["method"], {})[int(r["seed"])] = 100 * float(r["accuracy_T2"])
+    return out
+
+
+def _complete(grid: dict[str, dict[int, float]], methods: tuple[str, ...]) -> bool:
+    return all(set(SEEDS) <= set(grid.get(m, {})) for m in methods)
+
+
+def _paired(label: str, diffs: list[float]) -> tuple[list, dict]:
+    s = stats.paired_stats(diffs)
+    row = [label, s.n, f"{s.mean:+.2f}", f"{s.std:.2f}", f"[{s.low:+.2f}, {s.high:+.2f}]"]
+    record = {"comparison": label, "differences": diffs} | dataclasses.asdict(s)
+    return row + [f"{s.n - 1}", "detected" if s.detected else "not detected"], record
+
+
+def _welch(label: str, a: list[float], b: list[float]) -> tuple[list, dict]:
+    w = stats.welch_stats(a, b)
+    row = [label, f"{w.n_a} vs {w.n_b}", f"{w.mean:+.2f}", "-", f"[{w.low:+.2f}, {w.high:+.2f}]"]
+    record = {"comparison": label} | dataclasses.asdict(w)
+    return row + [f"{w.df:.1f}", "detected" if w.detected else "not detected"], record
+
+
+def _diffs(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    return [a[s] - b[s] for s in SEEDS]
+
+
+def readings(folder: Path = HERE) -> dict:
+    """Writes FOLDER/readings.{md,json} (see the module docstring); returns the JSON content."""
+    grids = {}
+    for k in TEACHERS:
+        path = folder / f"teacher{k}" / "results.csv"
+        if path.is_file() and _complete(grid := accuracies(path), ("fkl", "hta_kl")):
+            grids[k] = grid
+    if not grids:
+        raise FileNotFoundError(f"no finished teacher grid under {folder}")
+    gaps = {k: _diffs(g["hta_kl"], g["fkl"]) for k, g in grids.items()}
+    means = {
+        m: [float(np.mean(list(g[m].values()))) for g in grids.values()] for m in ("fkl", "hta_kl")
+    }
+    found = [
+        _paired(
+            f"HTA-KL - FKL over teachers {list(grids)}: per-teacher means",
+            [float(np.mean(d)) for d in gaps.values()],
+        )
+    ]
+    found += [_paired(f"HTA-KL - FKL, teacher {k}: per student seed", d) for k, d in gaps.items()]
+    ce = grids.get(0, {}).get("ce", {})
+    if 0 in grids and _complete(grids[0], ("ce",)):
+        for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
+            found.append(_welch(f"{label} - CE over teachers (Welch)", means[m], list(ce.values())))
+            found.append(
+                _paired(f"{label} - CE, teacher 0: per student seed", _diffs(grids[0][m], ce))
+            )
+    headers = ["comparison", "n", "mean", "SD", "95% CI", "df", "verdict"]
+    interim = "" if len(grids) == len(TEACHERS) else " (interim: not every teacher has finished)"
+    lines = [
+        f"# HTA-KL, FKL and CE on digits, T = 2: test accuracy differences (points){interim}",
+        "",
+        "Written by `python results/digits_teachers/readings.py`. Teachers' accuracies (%): "
+        + ", ".join(f"{k}: {100 * _teacher_accuracy(folder, k):.2f}" for k in grids)
+        + ".",
+        "",
+        tables.markdown_table(headers, [row for row, _ in found]),
+    ]
+    result = {"teachers": list(grids), "rows": [record for _, record in found]}
+    runs.write_json(folder / "readings.json", result)
+    (folder / "readings.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return result
+
+
+def _teacher_accuracy(folder: Path, k: int) -> float:
+    with open(folder / f"teacher{k}" / "results.csv") as f:
+        return float(next(csv.DictReader(f))["teacher_accuracy"])
+
+
+if __name__ == "__main__":
+    readings(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
