@@ -8,7 +8,8 @@ results.csv that run.sh copies into teacherK/ here -> readings.{md,json}:
 2. Per teacher: HTA-KL - FKL paired by student seed (Student t, 7 df).
 3. Distillation's gain: FKL - CE and HTA-KL - CE, the mean of the per-teacher means minus the CE
    mean (seeds 0-7, teacher 0's grid), Welch's 95% interval; and under teacher 0, paired by seed.
-Only the teachers whose grid has every planned cell enter; until all four have, it is interim.
+Only the teachers whose grid has every planned cell enter (reading 1 from two of them on, reading
+3 once teacher 0's CE cells are there); until all four have, it is interim.
 """
 
 from __future__ import annotations
@@ -71,22 +72,24 @@ def readings(folder: Path = HERE) -> dict:
         raise FileNotFoundError(f"no finished teacher grid under {folder}")
     gaps = {k: _diffs(g["hta_kl"], g["fkl"]) for k, g in grids.items()}
     means = {
-        m: [float(np.mean(list(g[m].values()))) for g in grids.values()] for m in ("fkl", "hta_kl")
+        m: [float(np.mean([g[m][s] for s in SEEDS])) for g in grids.values()]
+        for m in ("fkl", "hta_kl")
     }
-    found = [
-        _paired(
-            f"HTA-KL - FKL over teachers {list(grids)}: per-teacher means",
-            [float(np.mean(d)) for d in gaps.values()],
-        )
-    ]
+    found = []
+    if len(grids) > 1:  # an interval over teachers needs two
+        over = [float(np.mean(d)) for d in gaps.values()]
+        found.append(_paired(f"HTA-KL - FKL over teachers {list(grids)}: per-teacher means", over))
     found += [_paired(f"HTA-KL - FKL, teacher {k}: per student seed", d) for k, d in gaps.items()]
     ce = grids.get(0, {}).get("ce", {})
     if 0 in grids and _complete(grids[0], ("ce",)):
         for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
-            found.append(_welch(f"{label} - CE over teachers (Welch)", means[m], list(ce.values())))
-            found.append(
-                _paired(f"{label} - CE, teacher 0: per student seed", _diffs(grids[0][m], ce))
-            )
+            if len(grids) > 1:
+                welch = _welch(
+                    f"{label} - CE over teachers (Welch)", means[m], [ce[s] for s in SEEDS]
+                )
+                found.append(welch)
+            paired = _diffs(grids[0][m], ce)
+            found.append(_paired(f"{label} - CE, teacher 0: per student seed", paired))
     headers = ["comparison", "n", "mean", "SD", "95% CI", "df", "verdict"]
     interim = "" if len(grids) == len(TEACHERS) else " (interim: not every teacher has finished)"
     lines = [
