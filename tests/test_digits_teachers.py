@@ -37,6 +37,9 @@ def test_config_is_the_quickstart_but_for_the_teacher_seed_and_one_evaluation():
         assert c.grid.seeds == tuple(range(8)) and c.grid.timesteps == (2,)
         assert c.grid.methods == (("ce",) if k == 0 else ()) + ("fkl", "hta_kl")
         assert c.ablation.head_ratios == () and c.analysis.num_examples == 0
+        t1 = get_config(f"teacher{k}_t1")  # the same cells at T = 1, the same teacher
+        assert t1.base.to_dict() == c.base.to_dict() and t1.grid.timesteps == (1,)
+        assert (t1.grid.methods, t1.grid.seeds) == (c.grid.methods, c.grid.seeds)
     with pytest.raises(ValueError, match="argument must be one of"):
         get_config("teacher4")
 
@@ -52,26 +55,24 @@ GAP = {
 CE = [70.0, 72.0, 71.0, 69.0, 70.0, 70.0, 71.0, 67.0]  # mean 70, var 16/7
 
 
-def _write(folder: Path, k: int, seeds: range = range(8)) -> None:
+def _write(folder: Path, k: int, seeds: range = range(8), timesteps: int = 2) -> None:
+    """Teacher k's grid at `timesteps`; its results.csv ends with a row of another T, with
+    accuracies that would change every reading, which the readings must leave out."""
     (folder / f"teacher{k}").mkdir(parents=True)
+    column = f"accuracy_T{timesteps}"
     with open(folder / f"teacher{k}" / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["method", "seed", "teacher_accuracy", "accuracy_T2"])
+        w = csv.DictWriter(f, ["method", "timesteps", "seed", "teacher_accuracy", column])
         w.writeheader()
         for s in seeds:
             fkl = 80 + k + OFFSET[s]  # teacher k's FKL mean: 80 + k
-            for m, a in (("fkl", fkl), ("hta_kl", fkl + GAP[k][s])):
-                w.writerow(
-                    {"method": m, "seed": s, "teacher_accuracy": 0.97, "accuracy_T2": a / 100}
-                )
-            if k == 0:
-                w.writerow(
-                    {
-                        "method": "ce",
-                        "seed": s,
-                        "teacher_accuracy": 0.97,
-                        "accuracy_T2": CE[s] / 100,
-                    }
-                )
+            arms = [("fkl", fkl), ("hta_kl", fkl + GAP[k][s])] + [("ce", CE[s])] * (k == 0)
+            for m, a in arms:
+                row = {"method": m, "timesteps": timesteps, "seed": s, column: a / 100}
+                w.writerow(row | {"teacher_accuracy": 0.97})
+        other = 3 - timesteps
+        w.writerow(
+            {"method": "fkl", "timesteps": other, "seed": 0, column: 0.0, "teacher_accuracy": 0.97}
+        )
 
 
 def _interval(x: list[float]) -> tuple[float, float, float]:
@@ -80,10 +81,11 @@ def _interval(x: list[float]) -> tuple[float, float, float]:
     return x.mean(), x.mean() - half, x.mean() + half
 
 
-def test_readings_over_teachers_per_teacher_and_against_ce(tmp_path):
+@pytest.mark.parametrize("timesteps", [1, 2])
+def test_readings_over_teachers_per_teacher_and_against_ce(tmp_path, timesteps):
     for k in range(4):
-        _write(tmp_path, k)
-    rows = readings.readings(tmp_path)["rows"]
+        _write(tmp_path, k, timesteps=timesteps)
+    rows = readings.readings(tmp_path, timesteps)["rows"]
     assert [r["comparison"].split(":")[0] for r in rows][:1] == [
         "HTA-KL - FKL over teachers [0, 1, 2, 3]"
     ]

@@ -1,9 +1,10 @@
 """The readings of the digits teacher-seed protocol (configs/digits_teachers.py), from the grids'
-results.csv that run.sh copies into teacherK/ here -> readings.{md,json}:
+results.csv that run.sh copies into teacherK/ here (T = 2) or t1/teacherK/ (T = 1) ->
+readings.{md,json} there:
 
-  python results/digits_teachers/readings.py [FOLDER]
+  python results/digits_teachers/readings.py [FOLDER [T=2]]
 
-1. Primary: HTA-KL - FKL test accuracy at T = 2 over teachers: each teacher's mean gap over
+1. Primary: HTA-KL - FKL test accuracy at T over teachers: each teacher's mean gap over
    student seeds 0-7 (paired by seed), their mean and 95% interval (Student t, teachers - 1 df).
 2. Per teacher: HTA-KL - FKL paired by student seed (Student t, 7 df).
 3. Distillation's gain: FKL - CE and HTA-KL - CE, the mean of the per-teacher means minus the CE
@@ -30,12 +31,15 @@ CONFIG = runpy.run_path(str(HERE.parents[1] / "configs" / "digits_teachers.py"))
 TEACHERS, SEEDS = CONFIG["TEACHERS"], CONFIG["SEEDS"]
 
 
-def accuracies(path: Path) -> dict[str, dict[int, float]]:
-    """Test accuracy at T = 2 (points) per method and student seed, from a grid's results.csv."""
+def accuracies(path: Path, timesteps: int = 2) -> dict[str, dict[int, float]]:
+    """Test accuracy (points) per method and student seed of the students trained and evaluated
+    at `timesteps`, from a grid's results.csv."""
     out: dict[str, dict[int, float]] = {}
     with open(path) as f:
         for r in csv.DictReader(f):
-            out.setdefault(r["method"], {})[int(r["seed"])] = 100 * float(r["accuracy_T2"])
+            if int(r["timesteps"]) == timesteps:
+                accuracy = 100 * float(r[f"accuracy_T{timesteps}"])
+                out.setdefault(r["method"], {})[int(r["seed"])] = accuracy
     return out
 
 
@@ -61,12 +65,13 @@ def _diffs(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[s] - b[s] for s in SEEDS]
 
 
-def readings(folder: Path = HERE) -> dict:
-    """Writes FOLDER/readings.{md,json} (see the module docstring); returns the JSON content."""
+def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
+    """Writes FOLDER/readings.{md,json} for the students at `timesteps` (see the module
+    docstring); returns the JSON content."""
     grids = {}
     for k in TEACHERS:
         path = folder / f"teacher{k}" / "results.csv"
-        if path.is_file() and _complete(grid := accuracies(path), ("fkl", "hta_kl")):
+        if path.is_file() and _complete(grid := accuracies(path, timesteps), ("fkl", "hta_kl")):
             grids[k] = grid
     if not grids:
         raise FileNotFoundError(f"no finished teacher grid under {folder}")
@@ -93,7 +98,8 @@ def readings(folder: Path = HERE) -> dict:
     headers = ["comparison", "n", "mean", "SD", "95% CI", "df", "verdict"]
     interim = "" if len(grids) == len(TEACHERS) else " (interim: not every teacher has finished)"
     lines = [
-        f"# HTA-KL, FKL and CE on digits, T = 2: test accuracy differences (points){interim}",
+        f"# HTA-KL, FKL and CE on digits, T = {timesteps}: test accuracy differences (points)"
+        + interim,
         "",
         "Written by `python results/digits_teachers/readings.py`. Teachers' accuracies (%): "
         + ", ".join(f"{k}: {100 * _teacher_accuracy(folder, k):.2f}" for k in grids)
@@ -101,7 +107,7 @@ def readings(folder: Path = HERE) -> dict:
         "",
         tables.markdown_table(headers, [row for row, _ in found]),
     ]
-    result = {"teachers": list(grids), "rows": [record for _, record in found]}
+    result = {"timesteps": timesteps, "teachers": list(grids), "rows": [r for _, r in found]}
     runs.write_json(folder / "readings.json", result)
     (folder / "readings.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -114,4 +120,5 @@ def _teacher_accuracy(folder: Path, k: int) -> float:
 
 
 if __name__ == "__main__":
-    readings(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    readings(folder, int(sys.argv[2]) if len(sys.argv) > 2 else 2)
