@@ -1,0 +1,93 @@
+"""Descriptive: what each digits teacher gives its students, on the 1,442 training digits the
+students distil from (no augmentation) -> teacher_outputs.{md,json} here:
+
+  python results/digits_teachers/teacher_outputs.py [WORKDIR=runs/digits_teachers]
+
+Per teacher and softmax temperature (1, and the KD temperature 4): the mean per-row SD of the
+logits, the mean top probability and entropy (nats), and log p of the least likely class (mean
+over images, and the smallest anywhere). The reverse KL's gradient with respect to a student
+logit is proportional to q (log q - log p): a class the teacher rules out by log p = -60 pulls
+hard on any student mass there. Added after the T = 2 readings, to describe them; tests nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.special import log_softmax
+
+from htakl_jax import data as data_lib
+from htakl_jax import runs
+from htakl_jax.analysis import endpoints, tables
+
+HERE = Path(__file__).resolve().parent
+TEMPERATURES = (1.0, 4.0)
+
+
+def teacher_logits(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's logits [N, C] on the training images of the grid cell `workdir`, and the
+    labels [N]."""
+    run = runs.load_trained(workdir)
+    train_ds, _, info = runs.load_data(run.config)
+    x = data_lib.normalize(train_ds.images, tuple(info.mean), tuple(info.std))
+    return endpoints.model_logits(run.teacher, run.teacher_variables, x), train_ds.labels
+
+
+def describe(logits_NC: np.ndarray, labels_N: np.ndarray, temperature: float) -> dict:
+    """The summary of one teacher's logits at one temperature (see the module docstring)."""
+    logp = log_softmax(logits_NC / temperature, axis=-1)
+    p = np.exp(logp)
+    return {
+        "temperature": temperature,
+        "accuracy": float(np.mean(logits_NC.argmax(-1) == labels_N)),
+        "logit_sd": float(logits_NC.std(-1).mean()),
+        "top_p": float(p.max(-1).mean()),
+        "entropy": float(-(p * logp).sum(-1).mean()),
+        "min_logp_mean": float(logp.min(-1).mean()),
+        "min_logp": float(logp.min()),
+    }
+
+
+def main(workdir: str = "runs/digits_teachers") -> None:
+    teachers = sorted(d for d in os.listdir(workdir) if d.startswith("teacher"))
+    found = {}
+    for name in teachers:
+        logits, labels = teacher_logits(os.path.join(workdir, name, "cells", "fkl_T2_s0"))
+        found[name] = [describe(logits, labels, t) for t in TEMPERATURES]
+    headers = [
+        "teacher",
+        "tau",
+        "train accuracy (%)",
+        "logit SD",
+        "top p",
+        "entropy",
+        "min log p (mean)",
+        "min log p (all)",
+    ]
+    rows = [
+        [
+            name,
+            f"{r['temperature']:g}",
+            f"{100 * r['accuracy']:.2f}",
+            f"{r['logit_sd']:.2f}",
+            f"{r['top_p']:.3f}",
+            f"{r['entropy']:.3f}",
+            f"{r['min_logp_mean']:.2f}",
+            f"{r['min_logp']:.1f}",
+        ]
+        for name, rs in found.items()
+        for r in rs
+    ]
+    text = "# The digits teachers' outputs on the training digits\n\n"
+    text += "Written by `python results/digits_teachers/teacher_outputs.py WORKDIR`.\n\n"
+    text += tables.markdown_table(headers, rows)
+    runs.write_json(HERE / "teacher_outputs.json", found)
+    (HERE / "teacher_outputs.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
