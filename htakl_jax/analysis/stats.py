@@ -5,7 +5,8 @@ one paired difference d_s = metric(arm, s) - metric(reference, s). With n seeds,
 sample standard deviation sd (ddof = 1), the two-sided interval is m ± t_{1-a/2, n-1} sd / sqrt(n)
 (Student t, n - 1 degrees of freedom). A difference is "detected" only when that interval
 excludes 0; otherwise it is "not detected", which says nothing about it being absent: the
-interval's width says how large an effect could still hide in it.
+interval's width says how large an effect could still hide in it. Arms that share no pairing
+(a teacher-free arm against means over teachers) get Welch's interval instead (`welch_stats`).
 """
 
 from __future__ import annotations

@@ -122,13 +122,11 @@ def _seed_header(command: str, seeds: list[int]) -> list[str]:
 def _paired_lines(rows: list) -> tuple[list[str], list[dict]]:
     """Each (comparison, differences) row's mean, SD and 95% interval (Student t, n - 1 df) as
     Markdown table lines and as JSON records."""
-    records, lines = (
-        [],
-        [
-            "| comparison | differences | mean | SD | 95% CI | verdict |",
-            "|---|---|---|---|---|---|",
-        ],
-    )
+    lines = [
+        "| comparison | differences | mean | SD | 95% CI | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    records = []
     for comparison, diffs in rows:
         s = stats.paired_stats(diffs)
         records.append({"comparison": comparison, "differences": diffs} | dataclasses.asdict(s))
