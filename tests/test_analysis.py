@@ -365,6 +365,35 @@ def test_paired_stats_hand_computed_t_interval():
         stats.paired_stats([])
 
 
+def test_main_accuracies_leave_out_ablations_and_other_timesteps(tmp_path):
+    """An ablation cell shares its method and seed with a main arm (HTA-KL with weights at
+    tau = 1) or is keyed by its own method (fixed ratio); neither, nor a cell of another T,
+    may replace the main arm's accuracy."""
+    rows = [
+        {"method": "hta_kl", "timesteps": 2, "seed": 0, "accuracy_T2": 0.40},
+        {"method": "fkl", "timesteps": 2, "seed": 0, "accuracy_T2": 0.41},
+        {
+            "method": "hta_kl",
+            "timesteps": 2,
+            "seed": 0,
+            "weight_temperature": 1.0,
+            "accuracy_T2": 0.1,
+        },
+        {
+            "method": "fixed_ratio",
+            "timesteps": 2,
+            "seed": 0,
+            "head_ratio": 0.42,
+            "accuracy_T2": 0.2,
+        },
+        {"method": "fkl", "timesteps": 1, "seed": 0, "accuracy_T1": 0.3, "accuracy_T2": 0.3},
+    ]
+    tables.write_csv(tmp_path / "results.csv", rows)
+    read = tables.read_csv(tmp_path / "results.csv")
+    assert tables.main_accuracies(read, 2) == {("hta_kl", 0): 0.40, ("fkl", 0): 0.41}
+    assert tables.main_accuracies(read, 1) == {("fkl", 0): 0.3}
+
+
 def test_welch_stats_hand_computed_interval():
     """a = 2, 4 (mean 3, var 2), b = 0, 1, 2 (mean 1, var 1): SE^2 = 2/2 + 1/3 = 4/3 and
     Welch-Satterthwaite df = (4/3)^2 / (1^2 / 1 + (1/3)^2 / 2) = 32/19."""

@@ -33,11 +33,13 @@ GAPS = {
 def _write_grid(root: Path, grid: str, gaps: list[float]) -> None:
     (root / grid).mkdir(parents=True, exist_ok=True)
     with open(root / grid / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["method", "seed", "accuracy_T2"])
+        w = csv.DictWriter(f, ["method", "timesteps", "seed", "accuracy_T2"])
         w.writeheader()
         for seed, gap in enumerate(gaps):
-            w.writerow({"method": "fkl", "seed": seed, "accuracy_T2": 0.4})
-            w.writerow({"method": "hta_kl", "seed": seed, "accuracy_T2": 0.4 + gap / 100})
+            w.writerow({"method": "fkl", "timesteps": 2, "seed": seed, "accuracy_T2": 0.4})
+            w.writerow(
+                {"method": "hta_kl", "timesteps": 2, "seed": seed, "accuracy_T2": 0.4 + gap / 100}
+            )
 
 
 def _interval(values: list[float]) -> tuple[float, float, float]:
@@ -92,11 +94,13 @@ CE = [36.0, 37.0, 35.0, 36.0, 38.0, 34.0, 36.0, 36.0]  # mean 36, var 10/7
 def _write_arm_grid(root: Path, grid: str, fkl: list[float], gaps: list[float]) -> None:
     (root / grid).mkdir(parents=True, exist_ok=True)
     with open(root / grid / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["method", "seed", "accuracy_T2"])
+        w = csv.DictWriter(f, ["method", "timesteps", "seed", "accuracy_T2"])
         w.writeheader()
         for seed, (a, gap) in enumerate(zip(fkl, gaps, strict=False)):
-            w.writerow({"method": "fkl", "seed": seed, "accuracy_T2": a / 100})
-            w.writerow({"method": "hta_kl", "seed": seed, "accuracy_T2": (a + gap) / 100})
+            w.writerow({"method": "fkl", "timesteps": 2, "seed": seed, "accuracy_T2": a / 100})
+            w.writerow(
+                {"method": "hta_kl", "timesteps": 2, "seed": seed, "accuracy_T2": (a + gap) / 100}
+            )
 
 
 def test_kd_gain_welch_over_teachers_and_paired_per_teacher(tmp_path, monkeypatch):
@@ -105,9 +109,12 @@ def test_kd_gain_welch_over_teachers_and_paired_per_teacher(tmp_path, monkeypatc
     workdir = tmp_path / "ce"
     workdir.mkdir()
     with open(workdir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["method", "seed", "accuracy_T2"])
+        w = csv.DictWriter(f, ["method", "timesteps", "seed", "accuracy_T2"])
         w.writeheader()
-        w.writerows({"method": "ce", "seed": s, "accuracy_T2": a / 100} for s, a in enumerate(CE))
+        w.writerows(
+            {"method": "ce", "timesteps": 2, "seed": s, "accuracy_T2": a / 100}
+            for s, a in enumerate(CE)
+        )
     monkeypatch.setattr(protocol, "HERE", str(tmp_path))
     protocol.kd_gain(str(workdir), str(tmp_path / "out"))
     result = json.loads((tmp_path / "out" / "kd_gain.json").read_text())

@@ -19,6 +19,8 @@ import numpy as np
 from htakl_jax import runs
 
 __all__ = [
+    "main_accuracies",
+    "read_csv",
     "format_count",
     "format_energy",
     "format_mean_std",
@@ -127,6 +129,27 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Non
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV such as `write_csv` writes, as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main_accuracies(
+    rows: Iterable[Mapping[str, str]], timesteps: int
+) -> dict[tuple[str, int], float]:
+    """Test accuracy (a fraction) at `timesteps` per (method, seed) of a grid's main arms, from
+    its results.csv rows (`read_csv`): the students trained at `timesteps`, without the
+    ablations' head ratio or weight temperature, which share a method name and seed with them."""
+    return {
+        (r["method"], int(r["seed"])): float(r[f"accuracy_T{timesteps}"])
+        for r in rows
+        if int(r["timesteps"]) == timesteps
+        and not r.get("head_ratio")
+        and not r.get("weight_temperature")
+    }
 
 
 def table1(

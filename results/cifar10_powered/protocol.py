@@ -17,7 +17,6 @@ above 2 points so that run.sh stops instead of spending the budget on an underpo
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
 import json
@@ -28,7 +27,7 @@ import sys
 import numpy as np
 
 from htakl_jax import metrics, runs
-from htakl_jax.analysis import stats
+from htakl_jax.analysis import stats, tables
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -87,13 +86,6 @@ def head_ratio(workdir: str, out: str = HERE) -> None:
     print(json.dumps(result, indent=2))
 
 
-def _csv_accuracies(results_csv: str, timesteps: str) -> dict[tuple[str, int], float]:
-    """Test accuracy (a fraction) at `timesteps` per (method, seed), from a grid's results.csv."""
-    with open(results_csv) as f:
-        column = f"accuracy_T{timesteps}"
-        return {(r["method"], int(r["seed"])): float(r[column]) for r in csv.DictReader(f)}
-
-
 def _paired_seeds(acc: dict[tuple[str, int], float]) -> list[int]:
     """The seeds with both an FKL and an HTA-KL cell."""
     return sorted({s for m, s in acc if m == "fkl"} & {s for m, s in acc if m == "hta_kl"})
@@ -101,7 +93,7 @@ def _paired_seeds(acc: dict[tuple[str, int], float]) -> list[int]:
 
 def _gaps(results_csv: str, seeds: list[int]) -> list[float]:
     """HTA-KL - FKL test accuracy at T = 2 (points) per seed, from a grid's results.csv."""
-    acc = _csv_accuracies(results_csv, "2")
+    acc = tables.main_accuracies(tables.read_csv(results_csv), 2)
     return [100 * (acc["hta_kl", s] - acc["fkl", s]) for s in seeds]
 
 
@@ -167,7 +159,7 @@ def change(workdir: str, out: str = os.path.join(HERE, "t2_long")) -> None:
     results.csv, written by the report stage) and its change from 4 epochs (t2/results.csv), at
     every seed of WORKDIR's grid, paired by seed -> OUT/change.{json,md}."""
     long_csv = os.path.join(workdir, "results.csv")
-    seeds = _paired_seeds(_csv_accuracies(long_csv, "2"))
+    seeds = _paired_seeds(tables.main_accuracies(tables.read_csv(long_csv), 2))
     long = _gaps(long_csv, seeds)
     short = _gaps(os.path.join(HERE, "t2", "results.csv"), seeds)
     rows = [
@@ -275,7 +267,7 @@ def _arm_accuracies(
         path = os.path.join(HERE, grid, "results.csv")
         if not os.path.isfile(path):
             continue
-        acc = _csv_accuracies(path, "2")
+        acc = tables.main_accuracies(tables.read_csv(path), 2)
         arms[name] = {m: [100 * acc[m, s] for s in range(n)] for m in ("fkl", "hta_kl")}
         base = [ce[s] for s in range(n)]
         for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
@@ -288,7 +280,7 @@ def kd_gain(workdir: str, out: str = os.path.join(HERE, "t2_ce")) -> None:
     the mean of the per-teacher means minus the mean CE accuracy (WORKDIR's results.csv) with
     Welch's 95% interval; per teacher, the same paired by student seed; and the HTA-KL - FKL
     gap over teachers beside the FKL gain -> OUT/kd_gain.{json,md}."""
-    acc = _csv_accuracies(os.path.join(workdir, "results.csv"), "2")
+    acc = tables.main_accuracies(tables.read_csv(os.path.join(workdir, "results.csv")), 2)
     ce = {s: 100 * a for (m, s), a in sorted(acc.items()) if m == "ce"}
     arms, paired_rows = _arm_accuracies(ce)
     means = {m: [float(np.mean(a[m])) for a in arms.values()] for m in ("fkl", "hta_kl")}

@@ -15,7 +15,6 @@ Only the teachers whose grid has every planned cell enter (reading 1 from two of
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import runpy
 import sys
@@ -31,16 +30,14 @@ CONFIG = runpy.run_path(str(HERE.parents[1] / "configs" / "digits_teachers.py"))
 TEACHERS, SEEDS = CONFIG["TEACHERS"], CONFIG["SEEDS"]
 
 
-def accuracies(path: Path, timesteps: int = 2) -> dict[str, dict[int, float]]:
-    """Test accuracy (points) per method and student seed of the students trained and evaluated
-    at `timesteps`, from a grid's results.csv."""
+def read_grid(path: Path, timesteps: int = 2) -> tuple[dict[str, dict[int, float]], float]:
+    """From a grid's results.csv: test accuracy (points) per method and student seed of the
+    students trained and evaluated at `timesteps`, and the teacher's accuracy (points)."""
+    rows = tables.read_csv(path)
     out: dict[str, dict[int, float]] = {}
-    with open(path) as f:
-        for r in csv.DictReader(f):
-            if int(r["timesteps"]) == timesteps:
-                accuracy = 100 * float(r[f"accuracy_T{timesteps}"])
-                out.setdefault(r["method"], {})[int(r["seed"])] = accuracy
-    return out
+    for (method, seed), accuracy in tables.main_accuracies(rows, timesteps).items():
+        out.setdefault(method, {})[seed] = 100 * accuracy
+    return out, 100 * float(rows[0]["teacher_accuracy"])
 
 
 def _complete(grid: dict[str, dict[int, float]], methods: tuple[str, ...]) -> bool:
@@ -68,11 +65,13 @@ def _diffs(a: dict[int, float], b: dict[int, float]) -> list[float]:
 def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
     """Writes FOLDER/readings.{md,json} for the students at `timesteps` (see the module
     docstring); returns the JSON content."""
-    grids = {}
+    grids, teacher_accuracy = {}, {}
     for k in TEACHERS:
         path = folder / f"teacher{k}" / "results.csv"
-        if path.is_file() and _complete(grid := accuracies(path, timesteps), ("fkl", "hta_kl")):
-            grids[k] = grid
+        if path.is_file():
+            grid, teacher_accuracy[k] = read_grid(path, timesteps)
+            if _complete(grid, ("fkl", "hta_kl")):
+                grids[k] = grid
     if not grids:
         raise FileNotFoundError(f"no finished teacher grid under {folder}")
     gaps = {k: _diffs(g["hta_kl"], g["fkl"]) for k, g in grids.items()}
@@ -85,8 +84,8 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
         over = [float(np.mean(d)) for d in gaps.values()]
         found.append(_paired(f"HTA-KL - FKL over teachers {list(grids)}: per-teacher means", over))
     found += [_paired(f"HTA-KL - FKL, teacher {k}: per student seed", d) for k, d in gaps.items()]
-    ce = grids.get(0, {}).get("ce", {})
     if 0 in grids and _complete(grids[0], ("ce",)):
+        ce = grids[0]["ce"]
         for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
             if len(grids) > 1:
                 welch = _welch(
@@ -102,7 +101,7 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
         + interim,
         "",
         "Written by `python results/digits_teachers/readings.py`. Teachers' accuracies (%): "
-        + ", ".join(f"{k}: {100 * _teacher_accuracy(folder, k):.2f}" for k in grids)
+        + ", ".join(f"{k}: {teacher_accuracy[k]:.2f}" for k in grids)
         + ".",
         "",
         tables.markdown_table(headers, [row for row, _ in found]),
@@ -112,11 +111,6 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
     (folder / "readings.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return result
-
-
-def _teacher_accuracy(folder: Path, k: int) -> float:
-    with open(folder / f"teacher{k}" / "results.csv") as f:
-        return float(next(csv.DictReader(f))["teacher_accuracy"])
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ HERE = Path(__file__).resolve().parent
 TEMPERATURES = (1.0, 4.0)
 
 
-def teacher_logits(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+def teacher_logits(workdir: str, data: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's logits [N, C] on the training images of the grid cell `workdir`, and the
-    labels [N]."""
-    run = runs.load_trained(workdir)
-    train_ds, _, info = runs.load_data(run.config)
+    labels [N]; `data` is `runs.load_data`'s (train, eval, info) for its config."""
+    train_ds, eval_ds, info = data
+    run = runs.load_trained(workdir, eval_data=(eval_ds, info))
     x = data_lib.normalize(train_ds.images, tuple(info.mean), tuple(info.std))
     return endpoints.model_logits(run.teacher, run.teacher_variables, x), train_ds.labels
 
@@ -53,9 +53,11 @@ def describe(logits_NC: np.ndarray, labels_N: np.ndarray, temperature: float) ->
 
 def main(workdir: str = "runs/digits_teachers") -> None:
     teachers = sorted(d for d in os.listdir(workdir) if d.startswith("teacher"))
+    cells = [os.path.join(workdir, name, "cells", "fkl_T2_s0") for name in teachers]
+    data = runs.load_data(runs.load_config(cells[0]))  # the same digits split for every teacher
     found = {}
-    for name in teachers:
-        logits, labels = teacher_logits(os.path.join(workdir, name, "cells", "fkl_T2_s0"))
+    for name, cell in zip(teachers, cells, strict=True):
+        logits, labels = teacher_logits(cell, data)
         found[name] = [describe(logits, labels, t) for t in TEMPERATURES]
     headers = [
         "teacher",
