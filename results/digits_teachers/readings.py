@@ -5,12 +5,14 @@ readings.{md,json} there:
   python results/digits_teachers/readings.py [FOLDER [T=2]]
 
 1. Primary: HTA-KL - FKL test accuracy at T over teachers: each teacher's mean gap over
-   student seeds 0-7 (paired by seed), their mean and 95% interval (Student t, teachers - 1 df).
+   student seeds 0-7 (paired by seed), their mean and 95% interval (Student t, teachers - 1 df);
+   at T = 2 over all eight teachers (the second protocol's primary) and over the first
+   protocol's four (0-3).
 2. Per teacher: HTA-KL - FKL paired by student seed (Student t, 7 df).
 3. Distillation's gain: FKL - CE and HTA-KL - CE, the mean of the per-teacher means minus the CE
    mean (seeds 0-7, teacher 0's grid), Welch's 95% interval; and under teacher 0, paired by seed.
 Only the teachers whose grid has every planned cell enter (reading 1 from two of them on, reading
-3 once teacher 0's CE cells are there); until all four have, it is interim.
+3 once teacher 0's CE cells are there); until all of the T's teachers have, it is interim.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from htakl_jax.analysis import stats, tables
 
 HERE = Path(__file__).resolve().parent
 CONFIG = runpy.run_path(str(HERE.parents[1] / "configs" / "digits_teachers.py"))
-TEACHERS, SEEDS = CONFIG["TEACHERS"], CONFIG["SEEDS"]
+TEACHERS = {2: CONFIG["TEACHERS"], 1: CONFIG["T1_TEACHERS"]}  # per T
+FIRST = CONFIG["T1_TEACHERS"]  # the first protocol's four teachers
+SEEDS = CONFIG["SEEDS"]
 
 
 def read_grid(path: Path, timesteps: int = 2) -> tuple[dict[str, dict[int, float]], float]:
@@ -66,7 +70,7 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
     """Writes FOLDER/readings.{md,json} for the students at `timesteps` (see the module
     docstring); returns the JSON content."""
     grids, teacher_accuracy = {}, {}
-    for k in TEACHERS:
+    for k in TEACHERS[timesteps]:
         path = folder / f"teacher{k}" / "results.csv"
         if path.is_file():
             grid, teacher_accuracy[k] = read_grid(path, timesteps)
@@ -80,9 +84,14 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
         for m in ("fkl", "hta_kl")
     }
     found = []
-    if len(grids) > 1:  # an interval over teachers needs two
-        over = [float(np.mean(d)) for d in gaps.values()]
-        found.append(_paired(f"HTA-KL - FKL over teachers {list(grids)}: per-teacher means", over))
+    subsets = [list(grids)]
+    if set(FIRST) < set(grids):
+        subsets.append(list(FIRST))
+    for teachers in subsets:
+        if len(teachers) > 1:  # an interval over teachers needs two
+            over = [float(np.mean(gaps[k])) for k in teachers]
+            label = f"HTA-KL - FKL over teachers {teachers}: per-teacher means"
+            found.append(_paired(label, over))
     found += [_paired(f"HTA-KL - FKL, teacher {k}: per student seed", d) for k, d in gaps.items()]
     if 0 in grids and _complete(grids[0], ("ce",)):
         ce = grids[0]["ce"]
@@ -95,7 +104,8 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
             paired = _diffs(grids[0][m], ce)
             found.append(_paired(f"{label} - CE, teacher 0: per student seed", paired))
     headers = ["comparison", "n", "mean", "SD", "95% CI", "df", "verdict"]
-    interim = "" if len(grids) == len(TEACHERS) else " (interim: not every teacher has finished)"
+    finished = len(grids) == len(TEACHERS[timesteps])
+    interim = "" if finished else " (interim: not every teacher has finished)"
     lines = [
         f"# HTA-KL, FKL and CE on digits, T = {timesteps}: test accuracy differences (points)"
         + interim,

@@ -1,0 +1,111 @@
+"""The readings of the digits temperature protocol (configs/digits_teachers.py, `teacherK_tauX`;
+../README.md, "Temperature"), from the grids' results.csv that run.sh copies into
+teacherK_tauX/ here and the follow-up's KD temperature 4 cells (../followup/teacherK/) ->
+readings.{md,json} here:
+
+  python results/digits_teachers/temperature/readings.py [FOLDER]
+
+For each teacher K (1, then 0) and temperature X (8, then 2), paired by student seed (0-3,
+Student t, 3 df), in test accuracy points at T = 2:
+1. Primary: the change of RKL's gap to FKL from temperature 4 to X,
+   (RKL - FKL at X) - (RKL - FKL at 4); teacher 1 at X = 8 first.
+2. RKL - FKL at X itself; and at X = 8, HTA-KL - FKL and its change from temperature 4.
+Only the grids with every planned cell enter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from htakl_jax import runs
+from htakl_jax.analysis import stats, tables
+
+HERE = Path(__file__).resolve().parent
+CONFIG = runpy.run_path(str(HERE.parents[2] / "configs" / "digits_teachers.py"))
+SEEDS = CONFIG["TEMPERATURE_SEEDS"]
+NAMES = {"fkl": "FKL", "rkl": "RKL", "hta_kl": "HTA-KL"}
+
+
+def read_cells(path: Path) -> dict[str, dict[int, float]]:
+    """Test accuracy (points) at T = 2 per method and seed from a grid's results.csv; only the
+    methods with every seed of SEEDS."""
+    out: dict[str, dict[int, float]] = {}
+    for (method, seed), accuracy in tables.main_accuracies(tables.read_csv(path), 2).items():
+        out.setdefault(method, {})[seed] = 100 * accuracy
+    return {m: a for m, a in out.items() if set(SEEDS) <= set(a)}
+
+
+def _gap(cells: dict[str, dict[int, float]], method: str) -> list[float]:
+    return [cells[method][s] - cells["fkl"][s] for s in SEEDS]
+
+
+def _row(label: str, diffs: list[float]) -> tuple[list, dict]:
+    s = stats.paired_stats(diffs)
+    verdict = "detected" if s.detected else "not detected"
+    row = [label, f"{s.mean:+.2f}", f"{s.std:.2f}", f"[{s.low:+.2f}, {s.high:+.2f}]", verdict]
+    return row, {"comparison": label, "differences": diffs} | dataclasses.asdict(s)
+
+
+def teacher_rows(
+    k: int, tau: float, at_tau: dict[str, dict[int, float]], at_4: dict[str, dict[int, float]]
+) -> list[tuple[list, dict]]:
+    """Teacher k's readings at KD temperature `tau` against the follow-up's temperature 4."""
+    found = []
+    for method in ("rkl", "hta_kl"):
+        if method not in at_tau or "fkl" not in at_tau or method not in at_4:
+            continue
+        now, before = _gap(at_tau, method), _gap(at_4, method)
+        name = NAMES[method]
+        change = [a - b for a, b in zip(now, before, strict=True)]
+        found.append(_row(f"teacher {k}: ({name} - FKL at {tau:g}) - (at 4)", change))
+        found.append(_row(f"teacher {k}: {name} - FKL at {tau:g}", now))
+    return found
+
+
+def _accuracy_line(k: int, tau: float, cells: dict[str, dict[int, float]]) -> str:
+    parts = [
+        f"{NAMES[m]} {np.mean([a[s] for s in SEEDS]):.2f}" for m, a in cells.items() if m in NAMES
+    ]
+    return f"- teacher {k}, temperature {tau:g}: " + ", ".join(parts)
+
+
+def readings(folder: Path = HERE, followup: Path = HERE.parent / "followup") -> dict:
+    """Writes FOLDER/readings.{md,json} (see the module docstring); returns the JSON content."""
+    found, lines = [], []
+    for k in CONFIG["TEMPERATURE_TEACHERS"]:
+        at_4 = read_cells(followup / f"teacher{k}" / "results.csv")
+        lines.append(_accuracy_line(k, 4.0, at_4))
+        for tau in CONFIG["TEMPERATURES"]:
+            path = folder / f"teacher{k}_tau{tau:g}" / "results.csv"
+            if not path.is_file():
+                continue
+            at_tau = read_cells(path)
+            lines.append(_accuracy_line(k, tau, at_tau))
+            found += teacher_rows(k, tau, at_tau, at_4)
+    if not found:
+        raise FileNotFoundError(f"no finished temperature grid under {folder}")
+    headers = ["comparison (points, seeds 0-3 paired)", "mean", "SD", "95% CI (3 df)", "verdict"]
+    text = [
+        "# RKL and HTA-KL against FKL on digits at KD temperatures 2, 4 and 8 (T = 2)",
+        "",
+        "Written by `python results/digits_teachers/temperature/readings.py`. Mean test "
+        "accuracy (%), seeds 0-3:",
+        "",
+        *lines,
+        "",
+        tables.markdown_table(headers, [row for row, _ in found]),
+    ]
+    result = {"seeds": list(SEEDS), "rows": [r for _, r in found]}
+    runs.write_json(folder / "readings.json", result)
+    (folder / "readings.md").write_text("\n".join(text))
+    print("\n".join(text))
+    return result
+
+
+if __name__ == "__main__":
+    readings(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
