@@ -66,9 +66,54 @@ def _diffs(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[s] - b[s] for s in SEEDS]
 
 
-def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
-    """Writes FOLDER/readings.{md,json} for the students at `timesteps` (see the module
-    docstring); returns the JSON content."""
+def gap_rows(gaps: dict[int, list[float]]) -> tuple[list, list]:
+    """Readings 1 and 2 from each teacher's HTA-KL - FKL gaps per seed (points): the rows over
+    all teachers and, when more have finished, over the first protocol's four; and the rows per
+    teacher."""
+    subsets = [list(gaps)] + [list(FIRST)] * (set(FIRST) < set(gaps))
+    over = [
+        _paired(
+            f"HTA-KL - FKL over teachers {teachers}: per-teacher means",
+            [float(np.mean(gaps[k])) for k in teachers],
+        )
+        for teachers in subsets
+        if len(teachers) > 1  # an interval over teachers needs two
+    ]
+    per_teacher = [
+        _paired(f"HTA-KL - FKL, teacher {k}: per student seed", d) for k, d in gaps.items()
+    ]
+    return over, per_teacher
+
+
+def sign_counts(per_teacher: list[dict]) -> dict[str, int]:
+    """How many per-teacher readings (records of `gap_rows`) lie below 0 and above 0 with the
+    interval excluding 0, and how many are not detected."""
+    below = sum(r["high"] is not None and r["high"] < 0 for r in per_teacher)
+    above = sum(r["low"] is not None and r["low"] > 0 for r in per_teacher)
+    return {"below": below, "above": above, "not_detected": len(per_teacher) - below - above}
+
+
+def ce_rows(grids: dict[int, dict[str, dict[int, float]]]) -> list[tuple[list, dict]]:
+    """Reading 3 (needs teacher 0's CE cells): FKL and HTA-KL minus CE over teachers (Welch)
+    and under teacher 0, paired by seed."""
+    if 0 not in grids or not _complete(grids[0], ("ce",)):
+        return []
+    ce, found = grids[0]["ce"], []
+    for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
+        if len(grids) > 1:
+            means = [float(np.mean([g[m][s] for s in SEEDS])) for g in grids.values()]
+            ce_all = [ce[s] for s in SEEDS]
+            found.append(_welch(f"{label} - CE over teachers (Welch)", means, ce_all))
+        paired = _diffs(grids[0][m], ce)
+        found.append(_paired(f"{label} - CE, teacher 0: per student seed", paired))
+    return found
+
+
+def read_grids(
+    folder: Path, timesteps: int
+) -> tuple[dict[int, dict[str, dict[int, float]]], dict[int, float]]:
+    """The finished grids (every planned FKL and HTA-KL cell) of the T's teachers under
+    `folder`, and every found teacher's accuracy (points)."""
     grids, teacher_accuracy = {}, {}
     for k in TEACHERS[timesteps]:
         path = folder / f"teacher{k}" / "results.csv"
@@ -78,31 +123,16 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
                 grids[k] = grid
     if not grids:
         raise FileNotFoundError(f"no finished teacher grid under {folder}")
-    gaps = {k: _diffs(g["hta_kl"], g["fkl"]) for k, g in grids.items()}
-    means = {
-        m: [float(np.mean([g[m][s] for s in SEEDS])) for g in grids.values()]
-        for m in ("fkl", "hta_kl")
-    }
-    found = []
-    subsets = [list(grids)]
-    if set(FIRST) < set(grids):
-        subsets.append(list(FIRST))
-    for teachers in subsets:
-        if len(teachers) > 1:  # an interval over teachers needs two
-            over = [float(np.mean(gaps[k])) for k in teachers]
-            label = f"HTA-KL - FKL over teachers {teachers}: per-teacher means"
-            found.append(_paired(label, over))
-    found += [_paired(f"HTA-KL - FKL, teacher {k}: per student seed", d) for k, d in gaps.items()]
-    if 0 in grids and _complete(grids[0], ("ce",)):
-        ce = grids[0]["ce"]
-        for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
-            if len(grids) > 1:
-                welch = _welch(
-                    f"{label} - CE over teachers (Welch)", means[m], [ce[s] for s in SEEDS]
-                )
-                found.append(welch)
-            paired = _diffs(grids[0][m], ce)
-            found.append(_paired(f"{label} - CE, teacher 0: per student seed", paired))
+    return grids, teacher_accuracy
+
+
+def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
+    """Writes FOLDER/readings.{md,json} for the students at `timesteps` (see the module
+    docstring); returns the JSON content."""
+    grids, teacher_accuracy = read_grids(folder, timesteps)
+    over, per_teacher = gap_rows({k: _diffs(g["hta_kl"], g["fkl"]) for k, g in grids.items()})
+    found = over + per_teacher + ce_rows(grids)
+    counts = sign_counts([record for _, record in per_teacher])
     headers = ["comparison", "n", "mean", "SD", "95% CI", "df", "verdict"]
     finished = len(grids) == len(TEACHERS[timesteps])
     interim = "" if finished else " (interim: not every teacher has finished)"
@@ -115,8 +145,15 @@ def readings(folder: Path = HERE, timesteps: int = 2) -> dict:
         + ".",
         "",
         tables.markdown_table(headers, [row for row, _ in found]),
+        f"Per teacher: HTA-KL below FKL (detected) under {counts['below']}, above (detected) "
+        f"under {counts['above']}, not detected under {counts['not_detected']}.",
     ]
-    result = {"timesteps": timesteps, "teachers": list(grids), "rows": [r for _, r in found]}
+    result = {
+        "timesteps": timesteps,
+        "teachers": list(grids),
+        "rows": [r for _, r in found],
+        "per_teacher_counts": counts,
+    }
     runs.write_json(folder / "readings.json", result)
     (folder / "readings.md").write_text("\n".join(lines))
     print("\n".join(lines))
