@@ -3,11 +3,16 @@ students distil from (no augmentation) -> teacher_outputs.{md,json} here:
 
   python results/digits_teachers/teacher_outputs.py [WORKDIR=runs/digits_teachers]
 
-Per teacher and softmax temperature (1, and the KD temperature 4): the mean per-row SD of the
-logits, the mean top probability and entropy (nats), and log p of the least likely class (mean
-over images, and the smallest anywhere). The reverse KL's gradient with respect to a student
-logit is proportional to q (log q - log p): a class the teacher rules out by log p = -60 pulls
-hard on any student mass there. Added after the T = 2 readings, to describe them; tests nothing.
+Per teacher and softmax temperature (1, and the KD temperatures 2, 4 and 8): the mean per-row
+SD of the logits, the mean top probability and entropy (nats), log p of the least likely class
+(mean over images, and the smallest anywhere), and the size of the KD gradient that a student
+which has learnt nothing yet (equal logits, q uniform over C classes) receives per image: the
+norm over classes of d(tau^2 KL)/d(student logits), mean over images and the largest. For FKL
+that is tau (q - p), at most tau sqrt(2); for RKL tau q (log q - log p - RKL), which at a
+uniform q is (mean_j log p_j - log p) tau / C = (centred teacher logits) / C at every tau: it
+grows with the teacher's raw logit spread, and no temperature bounds it. Added after the T = 2
+readings (the gradient norms and temperatures 2 and 8 after the temperature readings), to
+describe them; tests nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from htakl_jax import runs
 from htakl_jax.analysis import endpoints, tables
 
 HERE = Path(__file__).resolve().parent
-TEMPERATURES = (1.0, 4.0)
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 
 
 def teacher_logits(workdir: str, data: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +45,9 @@ def describe(logits_NC: np.ndarray, labels_N: np.ndarray, temperature: float) ->
     """The summary of one teacher's logits at one temperature (see the module docstring)."""
     logp = log_softmax(logits_NC / temperature, axis=-1)
     p = np.exp(logp)
+    c = logits_NC.shape[-1]
+    fkl = temperature * np.linalg.norm(1 / c - p, axis=-1)
+    rkl = temperature / c * np.linalg.norm(logp.mean(-1, keepdims=True) - logp, axis=-1)
     return {
         "temperature": temperature,
         "accuracy": float(np.mean(logits_NC.argmax(-1) == labels_N)),
@@ -48,6 +56,10 @@ def describe(logits_NC: np.ndarray, labels_N: np.ndarray, temperature: float) ->
         "entropy": float(-(p * logp).sum(-1).mean()),
         "min_logp_mean": float(logp.min(-1).mean()),
         "min_logp": float(logp.min()),
+        "fkl_grad_mean": float(fkl.mean()),
+        "fkl_grad_max": float(fkl.max()),
+        "rkl_grad_mean": float(rkl.mean()),
+        "rkl_grad_max": float(rkl.max()),
     }
 
 
@@ -68,6 +80,8 @@ def main(workdir: str = "runs/digits_teachers") -> None:
         "entropy",
         "min log p (mean)",
         "min log p (all)",
+        "FKL grad at a uniform student (mean, max)",
+        "RKL grad (mean, max)",
     ]
     rows = [
         [
@@ -79,6 +93,8 @@ def main(workdir: str = "runs/digits_teachers") -> None:
             f"{r['entropy']:.3f}",
             f"{r['min_logp_mean']:.2f}",
             f"{r['min_logp']:.1f}",
+            f"{r['fkl_grad_mean']:.2f}, {r['fkl_grad_max']:.2f}",
+            f"{r['rkl_grad_mean']:.2f}, {r['rkl_grad_max']:.2f}",
         ]
         for name, rs in found.items()
         for r in rs
