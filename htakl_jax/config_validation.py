@@ -23,6 +23,8 @@ from htakl_jax.parallel import INIT_MODES
 # Keys whose value may be None (placeholders in the default config), with the type otherwise.
 _NULLABLE = {
     "model.neuron.v_reset": float,
+    "teacher.grad_clip_norm": float,
+    "student.grad_clip_norm": float,
     "student.head_ratio": float,
     "student.weight_temperature": float,
     "data.teacher_train_examples": int,
@@ -193,6 +195,8 @@ def _check_phase(c: ml_collections.ConfigDict, phase: str, num_devices: int) -> 
     _require(p.warmup_epochs >= 0, f"{phase}.warmup_epochs", "must be >= 0", p.warmup_epochs)
     _require(0.0 <= p.momentum < 1.0, f"{phase}.momentum", "must be in [0, 1)", p.momentum)
     _require(p.weight_decay >= 0, f"{phase}.weight_decay", "must be >= 0", p.weight_decay)
+    clip = p.grad_clip_norm
+    _require(clip is None or clip > 0, f"{phase}.grad_clip_norm", "must be > 0 or None", clip)
 
 
 def _check_eval_and_run(c: ml_collections.ConfigDict, num_devices: int) -> None:

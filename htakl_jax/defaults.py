@@ -124,6 +124,8 @@ def _teacher() -> ml_collections.ConfigDict:
     d.nesterov = False
     # L2 weight decay on conv/dense kernels, added to the gradient before momentum.
     d.weight_decay = 5e-4
+    # Clip the loss gradient to this global L2 norm before the step; None = no clipping.
+    d.grad_clip_norm = config_dict.placeholder(float)
     return d
 
 
@@ -155,6 +157,7 @@ def _student() -> ml_collections.ConfigDict:
     d.momentum = 0.9
     d.nesterov = False
     d.weight_decay = 5e-4
+    d.grad_clip_norm = config_dict.placeholder(float)  # as the teacher's
     return d
 
 

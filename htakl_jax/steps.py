@@ -67,7 +67,9 @@ def weight_decay_mask(params: Any) -> Any:
 def make_optimizer(
     phase_config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """SGD with momentum, coupled L2 weight decay on kernels, linear warmup + cosine decay to 0.
+    """SGD with momentum, coupled L2 weight decay on kernels, linear warmup + cosine decay to 0;
+    with `phase_config.grad_clip_norm` set, the loss gradient is first clipped to that global L2
+    norm (the weight decay term is added after, as PyTorch's clip-then-step does).
 
     Returns (optax transformation, learning-rate schedule step -> lr).
     """
@@ -83,7 +85,9 @@ def make_optimizer(
         )
     else:  # the same values; optax warns about a warmup of 0 steps
         schedule = optax.cosine_decay_schedule(phase_config.lr, decay_steps=max(total, 1))
+    clip = phase_config.get("grad_clip_norm")
     tx = optax.chain(
+        *([optax.clip_by_global_norm(clip)] if clip is not None else []),
         optax.add_decayed_weights(phase_config.weight_decay, mask=weight_decay_mask),
         optax.sgd(schedule, momentum=phase_config.momentum, nesterov=phase_config.nesterov),
     )
@@ -157,7 +161,9 @@ def _accuracy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
 
 def _update(
     state: TrainState, tx, grads, batch_stats, method_grads=None, method_stats=None
-) -> TrainState:
+) -> tuple[TrainState, jax.Array]:
+    """The optimizer step on the data-parallel mean of `grads`; also returns that mean's global
+    L2 norm (before any clipping in `tx`)."""
     grads = jax.lax.pmean(grads, DATA_AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     method = state.method
@@ -166,13 +172,14 @@ def _update(
         m_updates, m_opt = tx.update(method_grads, method["opt_state"], method["params"])
         params = optax.apply_updates(method["params"], m_updates)
         method = {"params": params, "batch_stats": method_stats, "opt_state": m_opt}
-    return TrainState(
+    new_state = TrainState(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
         method=method,
     )
+    return new_state, optax.global_norm(grads)
 
 
 def teacher_step(
@@ -201,8 +208,10 @@ def teacher_step(
     (loss, (logits_BC, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params
     )
+    new_state, grad_norm = _update(state, tx, grads, batch_stats)
     metrics = {"loss": loss, "accuracy": _accuracy(logits_BC, labels_B)}
-    return _update(state, tx, grads, batch_stats), jax.lax.pmean(metrics, DATA_AXIS)
+    metrics = jax.lax.pmean(metrics, DATA_AXIS) | {"grad_norm": grad_norm}
+    return new_state, metrics
 
 
 def _teacher_outputs(teacher: nn.Module, variables: Any, x: jax.Array, method: Any) -> tuple:
@@ -266,8 +275,9 @@ def distill_step(
     (loss, aux), (grads, method_grads) = grad_fn(state.params, state.method.get("params", {}))
     logits_TBC, parts, batch_stats, method_stats = aux
     metrics = dict(parts) | {"loss": loss, "accuracy": _accuracy(jnp.mean(logits_TBC, 0), labels_B)}
-    new_state = _update(state, tx, grads, batch_stats, method_grads, method_stats)
-    return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+    new_state, grad_norm = _update(state, tx, grads, batch_stats, method_grads, method_stats)
+    # The norm is of the already averaged gradient: the same on every device.
+    return new_state, jax.lax.pmean(metrics, DATA_AXIS) | {"grad_norm": grad_norm}
 
 
 def eval_step(

@@ -119,6 +119,7 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         ("model.remat", "blocks", "config.model.remat must be one of"),
         ("data.name", "mnist", "config.data.name must be one of"),
         ("teacher.epochs", 0, "config.teacher.epochs must be >= 1"),
+        ("student.grad_clip_norm", 0.0, "config.student.grad_clip_norm must be > 0 or None"),
         # The neuron's own rules (neurons.neuron_config), named by their config key:
         ("model.neuron.tau", 0.5, r"config.model.neuron.tau must be >= 1"),
         ("model.neuron.v_reset", 1.5, r"config.model.neuron.v_reset \(1.5\) must be below"),

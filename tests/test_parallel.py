@@ -84,7 +84,8 @@ def _plain_step(model, tx, info, loss_fn):
         new = steps.TrainState(
             state.step + 1, optax.apply_updates(state.params, updates), bs, opt_state
         )
-        return new, loss
+        grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
+        return new, (loss, grad_norm)
 
     return step
 
@@ -102,10 +103,11 @@ def test_teacher_step_sharded_equals_single_device_and_plain(setup):
     ref_step = _plain_step(
         ref_model, tx, info, lambda out, x, y: jnp.mean(losses.cross_entropy(out, y))
     )
-    ref, ref_losses = state0, []
+    ref, ref_losses, ref_norms = state0, [], []
     for images, labels in batches:
-        ref, loss = ref_step(ref, images, labels)
+        ref, (loss, grad_norm) = ref_step(ref, images, labels)
         ref_losses.append(float(loss))
+        ref_norms.append(float(grad_norm))
 
     state1, _ = results[1]
     state4, m4 = results[4]
@@ -113,6 +115,8 @@ def test_teacher_step_sharded_equals_single_device_and_plain(setup):
     _assert_close(state4, state1)
     _assert_close(state1, ref)
     np.testing.assert_allclose([m["loss"] for m in m4], ref_losses, rtol=1e-5)
+    # The logged norm is the whole batch's gradient's, not one device's share.
+    np.testing.assert_allclose([m["grad_norm"] for m in m4], ref_norms, rtol=1e-4)
     # The step really moved parameters and BN statistics.
     assert not np.allclose(state4.batch_stats["stem"]["bn"]["mean"], 0.0)
     assert (
@@ -133,7 +137,8 @@ def test_distill_step_sharded_equals_single_device(setup):
 
     (state1, _), (state4, m4) = results[1], results[4]
     _assert_close(state4, state1)
-    assert set(m4[0]) == {"loss", "accuracy", "ce", "kd", "w_head", "w_tail"}
+    assert set(m4[0]) == {"loss", "accuracy", "ce", "kd", "w_head", "w_tail", "grad_norm"}
+    np.testing.assert_allclose(m4[0]["grad_norm"], results[1][1][0]["grad_norm"], rtol=1e-4)
     np.testing.assert_allclose(m4[0]["w_head"] + m4[0]["w_tail"], 1.0, rtol=1e-5)
 
 

@@ -211,3 +211,23 @@ def test_optimizer_decays_only_kernels_and_follows_cosine():
     u, _ = tx.update(g, state, g)
     np.testing.assert_allclose(u["w"], -float(schedule(1)) * 1.9, rtol=1e-6)
     assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_gradient_clipping_scales_the_loss_gradient_to_the_norm_before_decay():
+    cfg = defaults.get_config().student
+    cfg.lr, cfg.weight_decay, cfg.epochs, cfg.momentum = 0.5, 0.1, 1, 0.0
+    cfg.grad_clip_norm = 1.0
+    tx, schedule = steps.make_optimizer(cfg, steps_per_epoch=4)
+    params = {"conv": {"kernel": jnp.full((2,), 2.0)}, "bn": {"bias": jnp.zeros(2)}}
+    # Global norm of g: sqrt(3^2 + 4^2 + 0 + 0) = 5 -> g / 5; then + 0.1 * 2 on the kernel.
+    g = {"conv": {"kernel": jnp.array([3.0, 4.0])}, "bn": {"bias": jnp.zeros(2)}}
+    u, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_allclose(u["conv"]["kernel"], [-0.5 * (0.6 + 0.2), -0.5 * (0.8 + 0.2)])
+    small = jax.tree.map(lambda x: x / 10, g)  # norm 0.5 <= 1: left as it is
+    u, _ = tx.update(small, tx.init(params), params)
+    np.testing.assert_allclose(u["conv"]["kernel"], [-0.5 * (0.3 + 0.2), -0.5 * (0.4 + 0.2)])
+    cfg.grad_clip_norm = None  # off: plain SGD on the whole gradient
+    tx, _ = steps.make_optimizer(cfg, steps_per_epoch=4)
+    u, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_allclose(u["conv"]["kernel"], [-0.5 * 3.2, -0.5 * 4.2])
+    assert float(schedule(0)) == 0.5
