@@ -211,3 +211,27 @@ def test_temperature_readings_pair_each_gap_with_the_temperature_4_cells(tmp_pat
     assert "- teacher 1, temperature 4: FKL 80.25, RKL 30.25, HTA-KL 75.25" in text
     with pytest.raises(FileNotFoundError, match="no finished temperature grid"):
         temperature.readings(tmp_path / "empty", tmp_path / "followup")
+
+
+def test_clip_readings_pair_the_clipped_cells_with_the_unclipped_follow_up(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "clip_readings", ROOT / "results/digits_teachers/clip/readings.py"
+    )
+    clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(clip)
+    fkl = [80.0, 82.0, 78.0, 81.0]
+    base = {"fkl": fkl, "rkl": [a - 50 for a in fkl], "hta_kl": [a - 10 for a in fkl]}
+    clipped = {"fkl": fkl, "rkl": [a - 20 + d for a, d in zip(fkl, [1, -1, 2, -2], strict=True)]}
+    clipped["hta_kl"] = [a - 2 for a in fkl]
+    _write_cells(tmp_path / "followup/teacher1/results.csv", base)
+    _write_cells(tmp_path / "clip/teacher1/results.csv", clipped)
+    rows = clip.readings(tmp_path / "clip", tmp_path / "followup")["rows"]
+    assert [r["comparison"] for r in rows] == [
+        "teacher 1: (RKL - FKL at clip 2.0) - (at none)",
+        "teacher 1: RKL - FKL at clip 2.0",
+        "teacher 1: (HTA-KL - FKL at clip 2.0) - (at none)",
+        "teacher 1: HTA-KL - FKL at clip 2.0",
+    ]
+    np.testing.assert_allclose(rows[0]["differences"], [31.0, 29.0, 32.0, 28.0], atol=1e-9)
+    np.testing.assert_allclose(rows[2]["differences"], [8.0] * 4, atol=1e-9)
+    assert "- teacher 1, clipped at 2.0: FKL 80.25" in (tmp_path / "clip/readings.md").read_text()

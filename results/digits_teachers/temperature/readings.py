@@ -98,12 +98,22 @@ def readings(folder: Path = HERE, followup: Path = HERE.parent / "followup") -> 
             found += gap_rows(f"teacher {k}", f"{tau:g}", "4", methods, at_tau, at_4)
     if not found:
         raise FileNotFoundError(f"no finished temperature grid under {folder}")
+    title = "RKL and HTA-KL against FKL on digits at KD temperatures 2, 4 and 8 (T = 2)"
+    return write_readings(folder, title, "temperature/readings.py", "", lines, found)
+
+
+def write_readings(
+    folder: Path, title: str, script: str, note: str, lines: list[str], found: list
+) -> dict:
+    """Writes FOLDER/readings.md (`title`, the accuracy `lines` with the `note` on where they
+    come from, and the table of `found`, the rows of `gap_rows`) and readings.json; returns the
+    JSON content. `script`: the writing script's path under results/digits_teachers/."""
     headers = ["comparison (points, seeds 0-3 paired)", "mean", "SD", "95% CI (3 df)", "verdict"]
     text = [
-        "# RKL and HTA-KL against FKL on digits at KD temperatures 2, 4 and 8 (T = 2)",
+        f"# {title}",
         "",
-        "Written by `python results/digits_teachers/temperature/readings.py`. Mean test "
-        "accuracy (%), seeds 0-3:",
+        f"Written by `python results/digits_teachers/{script}`. Mean test accuracy (%), "
+        f"seeds 0-3{note}:",
         "",
         *lines,
         "",

@@ -14,9 +14,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from htakl_jax import runs
-from htakl_jax.analysis import tables
-
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("temperature", HERE.parent / "readings.py")
 temperature = importlib.util.module_from_spec(_spec)
@@ -40,23 +37,10 @@ def readings(folder: Path = HERE, followup: Path = FOLLOWUP) -> dict:
         found += temperature.gap_rows(who, setting, base_setting, methods, cells, base)
     if not found:
         raise FileNotFoundError(f"no finished follow-up grid under {folder}")
-    headers = ["comparison (points, seeds 0-3 paired)", "mean", "SD", "95% CI (3 df)", "verdict"]
-    text = [
-        "# Temperature follow-up (post hoc): HTA-KL at temperature 2, RKL at a lower rate",
-        "",
-        "Written by `python results/digits_teachers/temperature/followup/readings.py`. Mean "
-        "test accuracy (%), seeds 0-3 (the base cells, temperature 4 and rate 0.1, in "
-        "../../followup/):",
-        "",
-        *lines,
-        "",
-        tables.markdown_table(headers, [row for row, _ in found]),
-    ]
-    result = {"rows": [r for _, r in found]}
-    runs.write_json(folder / "readings.json", result)
-    (folder / "readings.md").write_text("\n".join(text))
-    print("\n".join(text))
-    return result
+    title = "Temperature follow-up (post hoc): HTA-KL at temperature 2, RKL at a lower rate"
+    note = " (the base cells, temperature 4 and rate 0.1, in ../../followup/)"
+    script = "temperature/followup/readings.py"
+    return temperature.write_readings(folder, title, script, note, lines, found)
 
 
 if __name__ == "__main__":
