@@ -44,7 +44,7 @@ def _gap(cells: dict[str, dict[int, float]], method: str) -> list[float]:
     return [cells[method][s] - cells["fkl"][s] for s in SEEDS]
 
 
-def _row(label: str, diffs: list[float]) -> tuple[list, dict]:
+def row(label: str, diffs: list[float]) -> tuple[list, dict]:
     s = stats.paired_stats(diffs)
     verdict = "detected" if s.detected else "not detected"
     row = [label, f"{s.mean:+.2f}", f"{s.std:.2f}", f"[{s.low:+.2f}, {s.high:+.2f}]", verdict]
@@ -69,8 +69,8 @@ def gap_rows(
         now, before = _gap(cells, method), _gap(base, method)
         name = NAMES[method]
         change = [a - b for a, b in zip(now, before, strict=True)]
-        found.append(_row(f"{who}: ({name} - FKL at {setting}) - (at {base_setting})", change))
-        found.append(_row(f"{who}: {name} - FKL at {setting}", now))
+        found.append(row(f"{who}: ({name} - FKL at {setting}) - (at {base_setting})", change))
+        found.append(row(f"{who}: {name} - FKL at {setting}", now))
     return found
 
 
@@ -103,12 +103,20 @@ def readings(folder: Path = HERE, followup: Path = HERE.parent / "followup") -> 
 
 
 def write_readings(
-    folder: Path, title: str, script: str, note: str, lines: list[str], found: list
+    folder: Path,
+    title: str,
+    script: str,
+    note: str,
+    lines: list[str],
+    found: list,
+    *,
+    stem: str = "readings",
+    ci_header: str = "95% CI (3 df)",
 ) -> dict:
-    """Writes FOLDER/readings.md (`title`, the accuracy `lines` with the `note` on where they
-    come from, and the table of `found`, the rows of `gap_rows`) and readings.json; returns the
+    """Writes FOLDER/STEM.md (`title`, the accuracy `lines` with the `note` on where they come
+    from, and the table of `found`, the rows of `gap_rows` or `row`) and STEM.json; returns the
     JSON content. `script`: the writing script's path under results/digits_teachers/."""
-    headers = ["comparison (points, seeds 0-3 paired)", "mean", "SD", "95% CI (3 df)", "verdict"]
+    headers = ["comparison (points, seeds 0-3 paired)", "mean", "SD", ci_header, "verdict"]
     text = [
         f"# {title}",
         "",
@@ -120,8 +128,8 @@ def write_readings(
         tables.markdown_table(headers, [row for row, _ in found]),
     ]
     result = {"seeds": list(SEEDS), "rows": [r for _, r in found]}
-    runs.write_json(folder / "readings.json", result)
-    (folder / "readings.md").write_text("\n".join(text))
+    runs.write_json(folder / f"{stem}.json", result)
+    (folder / f"{stem}.md").write_text("\n".join(text))
     print("\n".join(text))
     return result
 
