@@ -85,7 +85,7 @@ def make_optimizer(
         )
     else:  # the same values; optax warns about a warmup of 0 steps
         schedule = optax.cosine_decay_schedule(phase_config.lr, decay_steps=max(total, 1))
-    clip = phase_config.get("grad_clip_norm")
+    clip = phase_config.grad_clip_norm
     tx = optax.chain(
         *([optax.clip_by_global_norm(clip)] if clip is not None else []),
         optax.add_decayed_weights(phase_config.weight_decay, mask=weight_decay_mask),

@@ -27,11 +27,12 @@ def readings(folder: Path = HERE, followup: Path = FOLLOWUP) -> dict:
     """Writes FOLDER/readings.{md,json} (see the module docstring); returns the JSON content."""
     found, lines = [], []
     for k in (1, 0):
-        path = folder / f"teacher{k}" / "results.csv"
-        if not path.is_file():
+        pair = temperature.read_pair(
+            folder / f"teacher{k}" / "results.csv", followup / f"teacher{k}" / "results.csv"
+        )
+        if pair is None:
             continue
-        base = temperature.read_cells(followup / f"teacher{k}" / "results.csv")
-        cells = temperature.read_cells(path)
+        cells, base = pair
         lines.append(temperature.accuracy_line(f"teacher {k}, unclipped", base))
         lines.append(temperature.accuracy_line(f"teacher {k}, clipped at 2.0", cells))
         methods = ("rkl", "hta_kl")

@@ -6,18 +6,5 @@
 # tables to teacherK/ here, then teachers_readings.py here.
 #   bash results/digits_teachers/clip/run_teachers.sh [WORKDIR=runs/digits_teachers]
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
-work=${1:-runs/digits_teachers}
-out=results/digits_teachers/clip
-for k in 2 3 4 5 6 7; do
-  grid="$work/clip/teacher$k"
-  mkdir -p "$grid" "$out/teacher$k"
-  [ -e "$grid/teacher" ] || ln -s "$(realpath "$work/teacher$k/teacher")" "$grid/teacher"
-  python -m htakl_jax.experiments --config "configs/digits_teachers.py:teacher$k" \
-    --workdir "$grid" --config.base.student.grad_clip_norm=2.0 \
-    "--config.grid.methods=('fkl','hta_kl')" "--config.grid.seeds=(0,1,2,3)"
-  for f in results.csv results.json table1.md paired.md; do
-    [ -f "$grid/$f" ] && cp "$grid/$f" "$out/teacher$k/"
-  done
-  python "$out/teachers_readings.py"
-done
+exec bash "$(dirname "$0")/run.sh" "${1:-runs/digits_teachers}" "2 3 4 5 6 7" \
+  "('fkl','hta_kl')" teachers_readings.py

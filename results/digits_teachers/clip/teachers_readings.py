@@ -34,11 +34,12 @@ def readings(folder: Path = HERE, unclipped: Path = HERE.parent) -> dict:
     """Writes FOLDER/teachers_readings.{md,json} (see the module docstring); returns the JSON."""
     per_teacher, lines, gaps, changes = [], [], {}, {}
     for k in TEACHERS:
-        path = folder / f"teacher{k}" / "results.csv"
-        if not path.is_file():
+        pair = temperature.read_pair(
+            folder / f"teacher{k}" / "results.csv", unclipped / f"teacher{k}" / "results.csv"
+        )
+        if pair is None:
             continue
-        cells = temperature.read_cells(path)
-        base = temperature.read_cells(unclipped / f"teacher{k}" / "results.csv")
+        cells, base = pair
         rows = temperature.gap_rows(f"teacher {k}", "clip 2.0", "none", ("hta_kl",), cells, base)
         if not rows:
             continue

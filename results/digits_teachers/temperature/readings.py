@@ -40,6 +40,16 @@ def read_cells(path: Path) -> dict[str, dict[int, float]]:
     return {m: a for m, a in out.items() if set(SEEDS) <= set(a)}
 
 
+def read_pair(
+    path: Path, base_path: Path
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]] | None:
+    """`read_cells` of a grid's results.csv at `path` and of the results.csv at `base_path`
+    that it is compared with; None while the grid has none."""
+    if not path.is_file():
+        return None
+    return read_cells(path), read_cells(base_path)
+
+
 def _gap(cells: dict[str, dict[int, float]], method: str) -> list[float]:
     return [cells[method][s] - cells["fkl"][s] for s in SEEDS]
 

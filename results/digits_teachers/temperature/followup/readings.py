@@ -27,11 +27,12 @@ def readings(folder: Path = HERE, followup: Path = FOLLOWUP) -> dict:
     grids = [(k, "tau2", "temperature 2", "temperature 4", ("hta_kl",)) for k in (1, 0)]
     grids.append((1, "lr0.02", "learning rate 0.02", "0.1", ("rkl",)))
     for k, name, setting, base_setting, methods in grids:
-        path = folder / f"teacher{k}_{name}" / "results.csv"
-        if not path.is_file():
+        pair = temperature.read_pair(
+            folder / f"teacher{k}_{name}" / "results.csv", followup / f"teacher{k}" / "results.csv"
+        )
+        if pair is None:
             continue
-        base = temperature.read_cells(followup / f"teacher{k}" / "results.csv")
-        cells = temperature.read_cells(path)
+        cells, base = pair
         lines.append(temperature.accuracy_line(f"teacher {k}, {setting}", cells))
         who = f"teacher {k}"
         found += temperature.gap_rows(who, setting, base_setting, methods, cells, base)
