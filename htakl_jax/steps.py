@@ -179,7 +179,7 @@ def _update(
         opt_state=opt_state,
         method=method,
     )
-    return new_state, optax.global_norm(grads)
+    return new_state, optax.tree.norm(grads)
 
 
 def teacher_step(
