@@ -69,6 +69,12 @@ trained by cross-entropy alone (method "ce", alpha ignored) at seeds 0-7. Does d
 help at all at this scale, and how large is the HTA-KL - FKL gap beside that gain? A CE student
 uses no teacher, so its seed s pairs with seed s of every teacher's grid; the grid links the
 retrained teacher (t2_long's) only for its teacher endpoints and never trains one.
+
+Each method at its own learning rate (results/cifar10_powered/t2_lr/, run by its run.sh with
+overrides of the T = 2 configs, no config of its own), fixed after the CE arm and before any of
+its students trained: FKL and HTA-KL each tuned on the hold-out among 0.05, 0.1 and 0.2 (T = 2,
+seed 0, the retrained teacher), then a method whose choice is not 0.1 retrained at it under the
+six teachers of the current numerics, student seeds 0-1.
 """
 
 from __future__ import annotations

@@ -136,3 +136,83 @@ def test_kd_gain_welch_over_teachers_and_paired_per_teacher(tmp_path, monkeypatc
     np.testing.assert_allclose(first_fkl["differences"], [4.0, 5.0, 6.0, 5.0])
     np.testing.assert_allclose(first_hta["differences"], [3.0, 3.0, 4.5, 4.5])
     assert len(result["per_teacher"]) == 12 and "seed4" in result["per_teacher"][-1]["comparison"]
+
+
+def _write_tuning_run(workdir: Path, method: str, lr: float, acc: float, holdout: bool) -> None:
+    run = workdir / "tune" / f"{method}_lr{lr}"
+    run.mkdir(parents=True)
+    record = {
+        "method": method,
+        "student_timesteps": 2,
+        "student_accuracy": {"2": acc},
+        "num_eval_examples": 1000,
+        "config": {"data": {"eval_on_validation": holdout}, "student": {"lr": lr}},
+    }
+    (run / "results.json").write_text(json.dumps(record))
+
+
+def test_tune_methods_chooses_each_methods_best_holdout_rate(tmp_path):
+    # FKL best at 0.1; HTA-KL ties at 0.05 and 0.2 (the smaller is chosen).
+    holdout = {("fkl", 0.05): 0.35, ("fkl", 0.1): 0.38, ("fkl", 0.2): 0.36}
+    holdout |= {("hta_kl", 0.05): 0.37, ("hta_kl", 0.1): 0.36, ("hta_kl", 0.2): 0.37}
+    for (method, lr), acc in holdout.items():
+        _write_tuning_run(tmp_path, method, lr, acc, holdout=True)
+    protocol.tune_methods(str(tmp_path), str(tmp_path / "out"))
+    result = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert {m: r["lr"] for m, r in result["chosen"].items()} == {"fkl": 0.1, "hta_kl": 0.05}
+    assert len(result["runs"]) == 6
+    assert "Chosen for hta_kl: 0.05." in (tmp_path / "out" / "tuning.md").read_text()
+
+    _write_tuning_run(tmp_path, "fkl", 0.4, 0.9, holdout=False)  # scored on the test split
+    with pytest.raises(ValueError, match="not evaluated on the hold-out"):
+        protocol.tune_methods(str(tmp_path), str(tmp_path / "out"))
+
+
+# The per-method learning-rate readings: the six teachers of the current numerics at seeds 0-1.
+LR_GRIDS = ("t2_rep", *(f"t2_teachers/seed{k}" for k in range(1, 6)))
+COMMON_GAPS = [[0.5, 1.0], [-3.0, 0.0], [1.0, 2.0], [-2.0, 1.0], [0.0, 3.0], [1.0, -1.0]]
+# HTA-KL at its tuned rate minus HTA-KL at 0.1, per teacher and seed.
+HTA_CHANGE = [[1.0, 2.0], [0.0, 0.0], [-1.0, 3.0], [2.0, 2.0], [0.5, 0.5], [-2.0, 1.0]]
+
+
+def _write_method_grid(path: Path, method: str, accuracies: list[float]) -> None:
+    path.mkdir(parents=True)
+    with open(path / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["method", "timesteps", "seed", "accuracy_T2"])
+        w.writeheader()
+        for seed, a in enumerate(accuracies):
+            w.writerow({"method": method, "timesteps": 2, "seed": seed, "accuracy_T2": a / 100})
+
+
+@pytest.mark.parametrize("hta_lr", [0.05, 0.1])
+def test_per_method_lr_reads_tuned_grids_against_common_rate(tmp_path, monkeypatch, hta_lr):
+    _write_grid(tmp_path, "t2", [9.0] * 8)  # the first teacher is outside this protocol
+    for grid, gaps in zip(LR_GRIDS, COMMON_GAPS, strict=True):
+        _write_grid(tmp_path, grid, gaps)  # FKL at 40%
+    out = tmp_path / "t2_lr"
+    names = ["retrained"] + [f"seed{k}" for k in range(1, 6)]
+    for name, gaps, change in zip(names, COMMON_GAPS, HTA_CHANGE, strict=True):
+        tuned = [40.0 + g + c for g, c in zip(gaps, change, strict=True)]
+        _write_method_grid(out / f"{name}_hta_kl", "hta_kl", tuned)
+    chosen = {"fkl": {"lr": 0.1}, "hta_kl": {"lr": hta_lr}}
+    (out / "tuning.json").write_text(json.dumps({"chosen": chosen}))
+    monkeypatch.setattr(protocol, "HERE", str(tmp_path))
+    protocol.per_method_lr(str(out))
+    rows = json.loads((out / "per_method_lr.json").read_text())["rows"]
+
+    common = np.mean(COMMON_GAPS, axis=1)
+    change = np.mean(HTA_CHANGE, axis=1)
+    if hta_lr == 0.1:  # nothing re-ran: the reading is the common-rate gap, and only it
+        expected = [common]
+    else:  # the gap, its change from the common rate, and HTA-KL's own change (the same here)
+        expected = [common + change, change, change]
+    over, per_teacher = rows[: len(expected)], rows[len(expected) :]
+    for row, means in zip(over, expected, strict=True):
+        np.testing.assert_allclose(row["differences"], means, atol=1e-9)
+        mean, low, high = _interval(list(means))
+        np.testing.assert_allclose((row["mean"], row["low"], row["high"]), (mean, low, high))
+    assert len(per_teacher) == 6 and "teacher seed 5" in per_teacher[-1]["comparison"]
+    shift = np.asarray(HTA_CHANGE) if hta_lr != 0.1 else 0.0
+    np.testing.assert_allclose(
+        [r["differences"] for r in per_teacher], np.asarray(COMMON_GAPS) + shift, atol=1e-9
+    )

@@ -8,6 +8,8 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py replicate WORKDIR [OUT]   # t2_rep
   python results/cifar10_powered/protocol.py teachers [OUT]            # t2_teacherK
   python results/cifar10_powered/protocol.py kd-gain WORKDIR [OUT]     # t2_ce
+  python results/cifar10_powered/protocol.py tune-methods WORKDIR [OUT] # t2_lr
+  python results/cifar10_powered/protocol.py per-method-lr [OUT]       # t2_lr
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -35,8 +37,9 @@ FIRST_SEEDS = (0, 1, 2, 3)
 MAX_SPREAD = 2.0  # points: the planned bound on the SD of the paired accuracy differences
 
 
-def choose_lr(workdir: str, out: str = HERE) -> None:
-    """The FKL learning rate with the best hold-out accuracy -> tuning.json and tuning.md."""
+def _tuning_runs(workdir: str) -> list[dict]:
+    """Every finished hold-out run in WORKDIR/tune/*: method, learning rate, T and hold-out
+    accuracy, sorted by method and learning rate."""
     found = []
     for path in sorted(glob.glob(os.path.join(workdir, "tune", "*", runs.RESULTS_FILE))):
         with open(path) as f:
@@ -45,30 +48,54 @@ def choose_lr(workdir: str, out: str = HERE) -> None:
             raise ValueError(f"{path} was not evaluated on the hold-out")
         found.append(
             {
+                "method": r["method"],
                 "lr": r["config"]["student"]["lr"],
-                "holdout_accuracy": r["student_accuracy"]["1"],
+                "timesteps": r["student_timesteps"],
+                "holdout_accuracy": r["student_accuracy"][str(r["student_timesteps"])],
                 "examples": r["num_eval_examples"],
             }
         )
     if not found:
         raise FileNotFoundError(f"no tuning run in {workdir}/tune")
-    found.sort(key=lambda r: r["lr"])
-    chosen = max(found, key=lambda r: r["holdout_accuracy"])
-    runs.write_json(os.path.join(out, "tuning.json"), {"runs": found, "chosen": chosen})
-    lines = [
-        "# Student learning rate (FKL, T = 1, seed 0, CIFAR-10 hold-out)",
+    return sorted(found, key=lambda r: (r["method"], r["lr"]))
+
+
+def _chosen(found: list[dict]) -> dict:
+    """The run with the best hold-out accuracy (the smallest learning rate among ties)."""
+    return max(sorted(found, key=lambda r: r["lr"]), key=lambda r: r["holdout_accuracy"])
+
+
+def _tuning_lines(title: str, command: str, found: list[dict]) -> list[str]:
+    return [
+        f"# {title}",
         "",
-        "Written by `python results/cifar10_powered/protocol.py choose-lr WORKDIR`: accuracy on",
+        f"Written by `python results/cifar10_powered/protocol.py {command}`: accuracy on",
         "the 1,000 training images held out of all training (the test split is never read).",
         "",
-        "| learning rate | hold-out accuracy (%) |",
-        "|---|---|",
-    ]
-    lines += [f"| {r['lr']:g} | {100 * r['holdout_accuracy']:.1f} |" for r in found]
-    lines += ["", f"Chosen: {chosen['lr']:g}."]
-    with open(os.path.join(out, "tuning.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        "| method | learning rate | hold-out accuracy (%) |",
+        "|---|---|---|",
+    ] + [f"| {r['method']} | {r['lr']:g} | {100 * r['holdout_accuracy']:.1f} |" for r in found]
+
+
+def choose_lr(workdir: str, out: str = HERE) -> None:
+    """The FKL learning rate with the best hold-out accuracy -> tuning.json and tuning.md."""
+    found = _tuning_runs(workdir)
+    chosen = _chosen(found)
+    title = "Student learning rate (FKL, T = 1, seed 0, CIFAR-10 hold-out)"
+    lines = _tuning_lines(title, "choose-lr WORKDIR", found) + ["", f"Chosen: {chosen['lr']:g}."]
+    _write(out, "tuning", lines, {"runs": found, "chosen": chosen})
+
+
+def tune_methods(workdir: str, out: str = os.path.join(HERE, "t2_lr")) -> None:
+    """Per method, the learning rate with the best hold-out accuracy among WORKDIR/tune/* ->
+    OUT/tuning.{json,md} ({"runs": [...], "chosen": {method: run}})."""
+    found = _tuning_runs(workdir)
+    methods = sorted({r["method"] for r in found})
+    chosen = {m: _chosen([r for r in found if r["method"] == m]) for m in methods}
+    title = "Student learning rate per method (T = 2, seed 0, CIFAR-10 hold-out)"
+    lines = _tuning_lines(title, "tune-methods WORKDIR", found) + [""]
+    lines += [f"Chosen for {m}: {r['lr']:g}." for m, r in chosen.items()]
+    _write(out, "tuning", lines, {"runs": found, "chosen": chosen})
 
 
 def head_ratio(workdir: str, out: str = HERE) -> None:
@@ -315,6 +342,79 @@ def kd_gain(workdir: str, out: str = os.path.join(HERE, "t2_ce")) -> None:
     _write(out, "kd_gain", lines, result | {"per_teacher": paired_records})
 
 
+# The per-method learning-rate protocol: the teachers whose 4-epoch students trained at the
+# current numerics (the first teacher's ran before a rounding change), their student seeds, and
+# the rate every earlier T = 2 grid used.
+LR_TEACHERS = ("retrained", "seed 1", "seed 2", "seed 3", "seed 4", "seed 5")
+LR_SEEDS = (0, 1)
+COMMON_LR = 0.1
+
+
+def lr_grid(name: str, method: str) -> str:
+    """The folder (in t2_lr/) of `method`'s grid at its tuned rate under teacher `name`."""
+    return f"{name.replace(' ', '')}_{method}"
+
+
+def _tuned_accuracies(out: str, grid: str, name: str, chosen: dict) -> dict[str, list[float]]:
+    """Per method, test accuracy (points) at T = 2 at LR_SEEDS: at the common rate from the
+    teacher's T = 2 grid, and at the tuned rate from OUT/lr_grid(...) when it differs."""
+    common = tables.main_accuracies(tables.read_csv(os.path.join(HERE, grid, "results.csv")), 2)
+    acc = {}
+    for m in ("fkl", "hta_kl"):
+        source = common
+        if chosen[m]["lr"] != COMMON_LR:
+            path = os.path.join(out, lr_grid(name, m), "results.csv")
+            source = tables.main_accuracies(tables.read_csv(path), 2)
+        acc[m] = [100 * source[m, s] for s in LR_SEEDS]
+        acc[f"{m}_common"] = [100 * common[m, s] for s in LR_SEEDS]
+    return acc
+
+
+def per_method_lr(out: str = os.path.join(HERE, "t2_lr")) -> None:
+    """The per-method learning-rate readings (OUT/tuning.json's rates), over teachers as a
+    random factor (each teacher's mean over LR_SEEDS, Student t, teachers - 1 df): 1. HTA-KL -
+    FKL, each at its tuned rate; 2. its change from the common rate, and each re-run method's
+    tuned - common (rows only when a rate differs from COMMON_LR). Per teacher, reading 1 by
+    seed (descriptive) -> OUT/per_method_lr.{json,md}."""
+    with open(os.path.join(out, "tuning.json")) as f:
+        chosen = json.load(f)["chosen"]
+    per_teacher = {}
+    for name, grid, _, _ in _teacher_grids():
+        if name in LR_TEACHERS:
+            acc = _tuned_accuracies(out, grid, name, chosen)
+            gap = _minus(acc["hta_kl"], acc["fkl"])
+            common_gap = _minus(acc["hta_kl_common"], acc["fkl_common"])
+            per_teacher[name] = {"gap": gap, "change": _minus(gap, common_gap)}
+            for m in ("fkl", "hta_kl"):
+                per_teacher[name][f"{m}_change"] = _minus(acc[m], acc[f"{m}_common"])
+    labels = {"gap": "1. HTA-KL - FKL, each at its tuned rate"}
+    if any(chosen[m]["lr"] != COMMON_LR for m in ("fkl", "hta_kl")):
+        labels["change"] = f"2. change of HTA-KL - FKL from the common rate {COMMON_LR:g}"
+    for m, label in (("fkl", "FKL"), ("hta_kl", "HTA-KL")):
+        if chosen[m]["lr"] != COMMON_LR:
+            labels[f"{m}_change"] = f"3. {label} at {chosen[m]['lr']:g} - {label} at {COMMON_LR:g}"
+    names = ", ".join(per_teacher)
+    rows = [
+        (
+            f"{label}, over teachers ({names}): per-teacher means",
+            [float(np.mean(t[key])) for t in per_teacher.values()],
+        )
+        for key, label in labels.items()
+    ]
+    rows += [(f"teacher {name}: {labels['gap']}", t["gap"]) for name, t in per_teacher.items()]
+    rates = ", ".join(f"{m} {chosen[m]['lr']:g}" for m in ("fkl", "hta_kl"))
+    header = [
+        "# Each method at its own learning rate: test accuracy (points), T = 2, 4 epochs",
+        "",
+        f"Written by `python results/cifar10_powered/protocol.py per-method-lr`: rates {rates}",
+        f"(tuning.md), student seeds {_seed_range(list(LR_SEEDS))}, paired by teacher and seed",
+        "with the common-rate grids. Student t, n - 1 df: n teachers in the rows over teachers",
+        "(the readings), n seeds in a teacher's row (descriptive).",
+    ]
+    meta = {"chosen": chosen, "seeds": list(LR_SEEDS), "per_teacher": per_teacher}
+    _write_paired(out, "per_method_lr", header, rows, meta)
+
+
 def spread(workdir: str, timesteps: str = "1") -> None:
     """Paired HTA-KL - FKL test-accuracy differences at seeds 0-3 of the students trained (and
     evaluated) at `timesteps`: their spread and interval."""
@@ -344,6 +444,8 @@ COMMANDS = {
     "replicate": replicate,
     "teachers": teachers,
     "kd-gain": kd_gain,
+    "tune-methods": tune_methods,
+    "per-method-lr": per_method_lr,
 }
 
 if __name__ == "__main__":
