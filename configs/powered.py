@@ -70,6 +70,10 @@ help at all at this scale, and how large is the HTA-KL - FKL gap beside that gai
 uses no teacher, so its seed s pairs with seed s of every teacher's grid; the grid links the
 retrained teacher (t2_long's) only for its teacher endpoints and never trains one.
 
+More teacher seeds, round two (`t2_teacher6` to `t2_teacher8` and their `_base`), fixed after
+the per-method learning rates and before any of these teachers trained: the same protocol with
+root seeds 6, 7 and 8 at student seeds 0-1, trained in that order.
+
 Each method at its own learning rate (results/cifar10_powered/t2_lr/, run by its run.sh with
 overrides of the T = 2 configs, no config of its own), fixed after the CE arm and before any of
 its students trained: FKL and HTA-KL each tuned on the hold-out among 0.05, 0.1 and 0.2 (T = 2,
@@ -111,7 +115,7 @@ PROTOCOLS = {
 }
 PROTOCOLS["t2_long_ext"] = PROTOCOLS["t2_long"] | {"results": RESULTS / "t2_long_ext", "seeds": 8}
 PROTOCOLS["t2_rep"] = PROTOCOLS["t2"] | {"results": RESULTS / "t2_rep", "seeds": 4}
-for k in range(1, 6):  # teacher seeds 1-2 at 4 student seeds, the extension's 3-5 at 2
+for k in range(1, 9):  # teacher seeds 1-2 at 4 student seeds, the extensions' 3-8 at 2
     PROTOCOLS[f"t2_teacher{k}"] = PROTOCOLS["t2"] | {
         "results": RESULTS / "t2_teachers" / f"seed{k}",
         "teacher_seed": k,

@@ -27,6 +27,8 @@ GAPS = {
     "t2_teachers/seed2": [1.0, 2.0, 0.0, 1.0],
     "t2_teachers/seed3": [-2.0, 1.0],
     "t2_teachers/seed4": [0.0, 3.0],
+    "t2_teachers/seed5": [1.0, 2.0],
+    "t2_teachers/seed6": [-4.0, 0.0],
 }
 
 
@@ -50,11 +52,14 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
 
 
 # The per-teacher mean gaps, by hand (t2 counts its seeds 0-3 only), and at seeds 0-1.
-MEANS = [-1.25, 0.75, -2.0, 1.0, -0.5, 1.5]
-MEANS_01 = [-1.5, 0.75, -1.5, 1.5, -0.5, 1.5]
+MEANS = [-1.25, 0.75, -2.0, 1.0, -0.5, 1.5, 1.5, -2.0]
+MEANS_01 = [-1.5, 0.75, -1.5, 1.5, -0.5, 1.5, 1.5, -2.0]
+SEVEN = 7  # the first extension's teachers: grids 0-6; grid 7 (seed 6) is the second's
 
 
-@pytest.mark.parametrize("present", [(0, 1, 2, 3), (0, 1, 2, 3, 4, 5), (0, 1, 2, 4)])
+@pytest.mark.parametrize(
+    "present", [(0, 1, 2, 3), (0, 1, 2, 3, 4, 5), (0, 1, 2, 4), tuple(range(8)), (0, 1, 2, 3, 7)]
+)
 def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monkeypatch, present):
     grids = list(GAPS.items())
     for i in present:
@@ -67,7 +72,10 @@ def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monke
         np.testing.assert_allclose(row["differences"], grids[i][1][:4], atol=1e-9)
     # The planned four-teacher row holds the first four teachers only, whichever others exist.
     expected = [[MEANS[i] for i in present if i < 4]]
-    if max(present) >= 4:
+    if max(present) >= 4:  # the seven teachers' rows, at planned seeds and at seeds 0-1
+        first_seven = [i for i in present if i < SEVEN]
+        expected += [[MEANS[i] for i in first_seven], [MEANS_01[i] for i in first_seven]]
+    if max(present) >= SEVEN:  # then every teacher's
         expected += [[MEANS[i] for i in present], [MEANS_01[i] for i in present]]
     over = rows[len(present) :]
     assert len(over) == len(expected)
@@ -121,7 +129,7 @@ def test_kd_gain_welch_over_teachers_and_paired_per_teacher(tmp_path, monkeypatc
 
     # Per-teacher FKL means at the planned seeds, by hand: 41, 39, 42, 40, 38.5, 41.
     fkl_means = np.array([41.0, 39.0, 42.0, 40.0, 38.5, 41.0])
-    for row, means in zip(result["over_teachers"], (fkl_means, fkl_means + MEANS), strict=True):
+    for row, means in zip(result["over_teachers"], (fkl_means, fkl_means + MEANS[:6]), strict=True):
         v_t, v_c = means.var(ddof=1) / 6, (10 / 7) / 8  # squared standard errors
         df = (v_t + v_c) ** 2 / (v_t**2 / 5 + v_c**2 / 7)
         half = scipy_stats.t.ppf(0.975, df) * np.sqrt(v_t + v_c)
@@ -130,7 +138,7 @@ def test_kd_gain_welch_over_teachers_and_paired_per_teacher(tmp_path, monkeypatc
         np.testing.assert_allclose(
             (row["mean"], row["low"], row["high"]), (gain, gain - half, gain + half)
         )
-    assert result["gap"] == pytest.approx(np.mean(MEANS))
+    assert result["gap"] == pytest.approx(np.mean(MEANS[:6]))
     # Per teacher, paired by seed: FKL - CE, then HTA-KL - CE, at the planned seeds.
     first_fkl, first_hta = result["per_teacher"][:2]
     np.testing.assert_allclose(first_fkl["differences"], [4.0, 5.0, 6.0, 5.0])

@@ -222,8 +222,10 @@ SEED0_TEACHERS = (
     ("first", "t2", "root seed 0, at 6efb815, AMD EPYC", 4),
     ("retrained", "t2_rep", "root seed 0, at 3c646e7, Intel Xeon", 4),
 )
-# The teacher-seed protocol's primary reading (ac7209d) is over these four.
+# The teacher-seed protocol's primary reading (ac7209d) is over these four, the first extension's
+# (fcfc610) over these seven.
 FIRST_TEACHERS = ("first", "retrained", "seed 1", "seed 2")
+SEVEN_TEACHERS = FIRST_TEACHERS + ("seed 3", "seed 4", "seed 5")
 
 
 def _teacher_grids() -> tuple[tuple[str, str, str, int], ...]:
@@ -251,8 +253,8 @@ def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
     """The teacher-seed readings: HTA-KL - FKL after 4 epochs, per teacher (each grid whose
     results.csv exists, at its planned student seeds), and over teachers as a random factor:
     the per-teacher mean gaps' mean, SD and 95% interval (Student t, teachers - 1 df), over the
-    first four teachers and, once there are more, over all of them and over all of them at
-    student seeds 0-1 only (equal weights) -> OUT/teachers.{json,md}."""
+    first four teachers and, once there are more, over the first seven and over all of them,
+    each also at student seeds 0-1 only (equal weights) -> OUT/teachers.{json,md}."""
     gaps: dict[str, list[float]] = {}
     rows = []
     for name, grid, origin, n in _teacher_grids():
@@ -262,8 +264,10 @@ def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
             label = f"teacher {name} ({origin}; {grid}/), student seeds 0-{n - 1}"
             rows.append((label, gaps[name]))
     rows.append(_over_teachers("", {k: g for k, g in gaps.items() if k in FIRST_TEACHERS}))
-    if set(gaps) - set(FIRST_TEACHERS):
-        rows += [_over_teachers("", gaps), _over_teachers(", student seeds 0-1", gaps, 2)]
+    for group, more in ((SEVEN_TEACHERS, FIRST_TEACHERS), (tuple(gaps), SEVEN_TEACHERS)):
+        if set(gaps) - set(more):  # each extension's rows, once it has a teacher
+            within = {k: g for k, g in gaps.items() if k in group}
+            rows += [_over_teachers("", within), _over_teachers(", student seeds 0-1", within, 2)]
     header = [
         "# HTA-KL - FKL test accuracy (points), T = 2, 4 epochs: per teacher, and over teachers",
         "",
