@@ -354,20 +354,21 @@ LR_SEEDS = (0, 1)
 COMMON_LR = 0.1
 
 
-def lr_grid(name: str, method: str) -> str:
-    """The folder (in t2_lr/) of `method`'s grid at its tuned rate under teacher `name`."""
+def _lr_grid(name: str, method: str) -> str:
+    """The folder (in t2_lr/) of `method`'s grid at its tuned rate under teacher `name`, as
+    t2_lr/run.sh names it."""
     return f"{name.replace(' ', '')}_{method}"
 
 
 def _tuned_accuracies(out: str, grid: str, name: str, chosen: dict) -> dict[str, list[float]]:
     """Per method, test accuracy (points) at T = 2 at LR_SEEDS: at the common rate from the
-    teacher's T = 2 grid, and at the tuned rate from OUT/lr_grid(...) when it differs."""
+    teacher's T = 2 grid, and at the tuned rate from OUT/_lr_grid(...) when it differs."""
     common = tables.main_accuracies(tables.read_csv(os.path.join(HERE, grid, "results.csv")), 2)
     acc = {}
     for m in ("fkl", "hta_kl"):
         source = common
         if chosen[m]["lr"] != COMMON_LR:
-            path = os.path.join(out, lr_grid(name, m), "results.csv")
+            path = os.path.join(out, _lr_grid(name, m), "results.csv")
             source = tables.main_accuracies(tables.read_csv(path), 2)
         acc[m] = [100 * source[m, s] for s in LR_SEEDS]
         acc[f"{m}_common"] = [100 * common[m, s] for s in LR_SEEDS]
