@@ -193,7 +193,7 @@ def _write_method_grid(path: Path, method: str, accuracies: list[float]) -> None
 
 
 @pytest.mark.parametrize("hta_lr", [0.05, 0.1])
-def test_per_method_lr_reads_tuned_grids_against_common_rate(tmp_path, monkeypatch, hta_lr):
+def test_per_method_lr_reads_tuned_grids_against_common_rate(tmp_path, monkeypatch, capsys, hta_lr):
     _write_grid(tmp_path, "t2", [9.0] * 8)  # the first teacher is outside this protocol
     for grid, gaps in zip(LR_GRIDS, COMMON_GAPS, strict=True):
         _write_grid(tmp_path, grid, gaps)  # FKL at 40%
@@ -205,6 +205,8 @@ def test_per_method_lr_reads_tuned_grids_against_common_rate(tmp_path, monkeypat
     chosen = {"fkl": {"lr": 0.1}, "hta_kl": {"lr": hta_lr}}
     (out / "tuning.json").write_text(json.dumps({"chosen": chosen}))
     monkeypatch.setattr(protocol, "HERE", str(tmp_path))
+    protocol.rerun_rates(str(out))  # what t2_lr/run.sh trains: only a rate other than 0.1
+    assert capsys.readouterr().out.strip() == ("" if hta_lr == 0.1 else f"hta_kl:{hta_lr:g}")
     protocol.per_method_lr(str(out))
     rows = json.loads((out / "per_method_lr.json").read_text())["rows"]
 

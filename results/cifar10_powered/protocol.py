@@ -10,6 +10,7 @@ metrics or hold-out accuracies, never the test split:
   python results/cifar10_powered/protocol.py kd-gain WORKDIR [OUT]     # t2_ce
   python results/cifar10_powered/protocol.py tune-methods WORKDIR [OUT] # t2_lr
   python results/cifar10_powered/protocol.py per-method-lr [OUT]       # t2_lr
+  python results/cifar10_powered/protocol.py rerun-rates [OUT]         # t2_lr
 
 OUT is the protocol's results folder (this folder for the first protocol, `restart/` for the
 restart). `spread` reads test accuracies, but only the spread of the paired differences, to check
@@ -375,14 +376,26 @@ def _tuned_accuracies(out: str, grid: str, name: str, chosen: dict) -> dict[str,
     return acc
 
 
+def _chosen_rates(out: str) -> dict[str, dict]:
+    """OUT/tuning.json's chosen run per method (`tune_methods`)."""
+    with open(os.path.join(out, "tuning.json")) as f:
+        return json.load(f)["chosen"]
+
+
+def rerun_rates(out: str = os.path.join(HERE, "t2_lr")) -> None:
+    """Prints METHOD:RATE for each method whose chosen rate (OUT/tuning.json) is not COMMON_LR:
+    the grids t2_lr/run.sh trains."""
+    chosen = _chosen_rates(out)
+    print(" ".join(f"{m}:{r['lr']:g}" for m, r in chosen.items() if r["lr"] != COMMON_LR))
+
+
 def per_method_lr(out: str = os.path.join(HERE, "t2_lr")) -> None:
     """The per-method learning-rate readings (OUT/tuning.json's rates), over teachers as a
     random factor (each teacher's mean over LR_SEEDS, Student t, teachers - 1 df): 1. HTA-KL -
     FKL, each at its tuned rate; 2. its change from the common rate, and each re-run method's
     tuned - common (rows only when a rate differs from COMMON_LR). Per teacher, reading 1 by
     seed (descriptive) -> OUT/per_method_lr.{json,md}."""
-    with open(os.path.join(out, "tuning.json")) as f:
-        chosen = json.load(f)["chosen"]
+    chosen = _chosen_rates(out)
     per_teacher = {}
     for name, grid, _, _ in _teacher_grids():
         if name in LR_TEACHERS:
@@ -451,6 +464,7 @@ COMMANDS = {
     "kd-gain": kd_gain,
     "tune-methods": tune_methods,
     "per-method-lr": per_method_lr,
+    "rerun-rates": rerun_rates,
 }
 
 if __name__ == "__main__":

@@ -36,9 +36,7 @@ grid() {  # NAME METHOD LR STAGE SEEDS: one stage of METHOD's grid at LR under t
     --workdir "$work/$1_$2" --stage "$4" "--config.grid.seeds=$5" \
     "--config.grid.methods=('$2',)" --config.base.student.lr="$3"
 }
-rates=$(python -c "import json, sys
-chosen = json.load(open(sys.argv[1]))['chosen']
-print(' '.join(f'{m}:{r[\"lr\"]}' for m, r in chosen.items() if r['lr'] != 0.1))" "$out/tuning.json")
+rates=$(python "$protocol" rerun-rates "$out")  # METHOD:RATE, each rate not 0.1
 for name in $names; do
   for rate in $rates; do
     mkdir -p "$work/${name}_${rate%%:*}"
