@@ -74,6 +74,10 @@ More teacher seeds, round two (`t2_teacher6` to `t2_teacher8` and their `_base`)
 the per-method learning rates and before any of these teachers trained: the same protocol with
 root seeds 6, 7 and 8 at student seeds 0-1, trained in that order.
 
+More teacher seeds, round three (`t2_teacher9` to `t2_teacher12` and their `_base`), fixed after
+the ten-teacher reading and before any of these teachers trained: the same protocol with root
+seeds 9 to 12 at student seeds 0-1, trained in that order.
+
 Each method at its own learning rate (results/cifar10_powered/t2_lr/, run by its run.sh with
 overrides of the T = 2 configs, no config of its own), fixed after the CE arm and before any of
 its students trained: FKL and HTA-KL each tuned on the hold-out among 0.05, 0.1 and 0.2 (T = 2,
@@ -115,7 +119,7 @@ PROTOCOLS = {
 }
 PROTOCOLS["t2_long_ext"] = PROTOCOLS["t2_long"] | {"results": RESULTS / "t2_long_ext", "seeds": 8}
 PROTOCOLS["t2_rep"] = PROTOCOLS["t2"] | {"results": RESULTS / "t2_rep", "seeds": 4}
-for k in range(1, 9):  # teacher seeds 1-2 at 4 student seeds, the extensions' 3-8 at 2
+for k in range(1, 13):  # teacher seeds 1-2 at 4 student seeds, the extensions' 3-12 at 2
     PROTOCOLS[f"t2_teacher{k}"] = PROTOCOLS["t2"] | {
         "results": RESULTS / "t2_teachers" / f"seed{k}",
         "teacher_seed": k,

@@ -80,7 +80,7 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
     assert rep.base.to_dict() == powered("t2_rep_base").to_dict() == t2.base.to_dict()
     assert (rep.grid.seeds, rep.grid.methods) == ((0, 1, 2, 3), t2.grid.methods)
     # Teacher seeds: the T = 2 protocol but for the teacher's root seed (students set their own).
-    for k in range(1, 9):
+    for k in range(1, 13):
         grid = powered(f"t2_teacher{k}")
         assert grid.base.to_dict() == t2.base.to_dict() | {"seed": k}
         assert powered(f"t2_teacher{k}_base").to_dict() == grid.base.to_dict()

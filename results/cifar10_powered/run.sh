@@ -2,7 +2,7 @@
 # The powered HTA-KL vs FKL comparison (configs/powered.py; results/cifar10_powered/README.md),
 # end to end on 2 CPU cores (about 2 hours). Resumable: every step skips what is finished.
 #   bash results/cifar10_powered/run.sh [WORKDIR=runs/powered] [PROTOCOL] [TEACHER]
-# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext, t2_rep, t2_teacher1 to 8 or
+# PROTOCOL: first (default), restart, t2, t2_long, t2_long_ext, t2_rep, t2_teacher1 to 12 or
 # t2_ce.
 # The restart and t2 reuse the first protocol's finished teacher (same config): TEACHER, by
 # default runs/powered/teacher, is linked into WORKDIR when WORKDIR has none (else it is trained).
@@ -11,7 +11,7 @@
 # t2_long_ext is t2_long at seeds 0-7, run in t2_long's WORKDIR (its seeds 0-3 are reused);
 # t2_rep is t2 at seeds 0-3 from t2_long's teacher (TEACHER, by default
 # runs/powered_t2_long/teacher), seed by seed; it never trains a teacher of its own;
-# t2_teacherK (K = 1-8) is t2 at seeds 0-3 (K <= 2) or 0-1, seed by seed, with its own teacher
+# t2_teacherK (K = 1-12) is t2 at seeds 0-3 (K <= 2) or 0-1, seed by seed, with its own teacher
 # (root seed K) trained in WORKDIR, never linked; use one WORKDIR per teacher. t2_ce is t2's
 # students without distillation (CE) at seeds 0-7, seed by seed; like t2_rep it links t2_long's
 # teacher (for the teacher endpoints only) and never trains one. The seed counts are the
@@ -35,11 +35,11 @@ case "$protocol" in
           lrs=""; timesteps=2; byseed=1 ;;
   t2_ce) grid=configs/powered.py:t2_ce; base=configs/powered.py:t2_ce_base; out=$here/t2_ce
          lrs=""; timesteps=2; byseed=1 ;;
-  t2_teacher[1-8])
+  t2_teacher[1-9] | t2_teacher1[0-2])
     grid=configs/powered.py:$protocol; base=configs/powered.py:${protocol}_base
     out=$here/t2_teachers/seed${protocol#t2_teacher}; lrs=""; timesteps=2; byseed=1; own=1 ;;
   *) echo "error: PROTOCOL must be first, restart, t2, t2_long, t2_long_ext, t2_rep," \
-       "t2_teacher1 to t2_teacher8 or t2_ce, got '$protocol'" >&2
+       "t2_teacher1 to t2_teacher12 or t2_ce, got '$protocol'" >&2
      exit 1 ;;
 esac
 mkdir -p "$work" "$out"
