@@ -29,6 +29,10 @@ GAPS = {
     "t2_teachers/seed4": [0.0, 3.0],
     "t2_teachers/seed5": [1.0, 2.0],
     "t2_teachers/seed6": [-4.0, 0.0],
+    "t2_teachers/seed7": [2.0, -1.0],
+    "t2_teachers/seed8": [-1.0, -3.0],
+    "t2_teachers/seed9": [0.5, -0.5],
+    "t2_teachers/seed10": [-2.5, 0.5],
 }
 
 
@@ -44,21 +48,31 @@ def _write_grid(root: Path, grid: str, gaps: list[float]) -> None:
             )
 
 
-def _interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval, from SciPy."""
+def _interval(values: list[float], alpha: float = 0.05) -> tuple[float, float, float]:
+    """Mean and 1 - alpha Student-t interval, from SciPy."""
     x = np.asarray(values)
-    half = scipy_stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    half = scipy_stats.t.ppf(1 - alpha / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
     return x.mean(), x.mean() - half, x.mean() + half
 
 
 # The per-teacher mean gaps, by hand (t2 counts its seeds 0-3 only), and at seeds 0-1.
-MEANS = [-1.25, 0.75, -2.0, 1.0, -0.5, 1.5, 1.5, -2.0]
-MEANS_01 = [-1.5, 0.75, -1.5, 1.5, -0.5, 1.5, 1.5, -2.0]
-SEVEN = 7  # the first extension's teachers: grids 0-6; grid 7 (seed 6) is the second's
+MEANS = [-1.25, 0.75, -2.0, 1.0, -0.5, 1.5, 1.5, -2.0, 0.5, -2.0, 0.0, -1.0]
+MEANS_01 = [-1.5, 0.75, -1.5, 1.5, -0.5, 1.5, 1.5, -2.0, 0.5, -2.0, 0.0, -1.0]
+SEVEN = 7  # the first extension's teachers: grids 0-6; grids 7-9 (seeds 6-8) are the second's
+TEN = 10  # grids 10-11 (seeds 9-10) are the third's
 
 
 @pytest.mark.parametrize(
-    "present", [(0, 1, 2, 3), (0, 1, 2, 3, 4, 5), (0, 1, 2, 4), tuple(range(8)), (0, 1, 2, 3, 7)]
+    "present",
+    [
+        (0, 1, 2, 3),
+        (0, 1, 2, 3, 4, 5),
+        (0, 1, 2, 4),
+        tuple(range(8)),
+        (0, 1, 2, 3, 7),
+        tuple(range(12)),
+        (0, 1, 2, 3, 8, 11),
+    ],
 )
 def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monkeypatch, present):
     grids = list(GAPS.items())
@@ -75,7 +89,10 @@ def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monke
     if max(present) >= 4:  # the seven teachers' rows, at planned seeds and at seeds 0-1
         first_seven = [i for i in present if i < SEVEN]
         expected += [[MEANS[i] for i in first_seven], [MEANS_01[i] for i in first_seven]]
-    if max(present) >= SEVEN:  # then every teacher's
+    if max(present) >= SEVEN:  # the first ten's
+        first_ten = [i for i in present if i < TEN]
+        expected += [[MEANS[i] for i in first_ten], [MEANS_01[i] for i in first_ten]]
+    if max(present) >= TEN:  # then every teacher's
         expected += [[MEANS[i] for i in present], [MEANS_01[i] for i in present]]
     over = rows[len(present) :]
     assert len(over) == len(expected)
@@ -83,7 +100,17 @@ def test_teachers_reads_planned_seeds_and_averages_over_teachers(tmp_path, monke
         np.testing.assert_allclose(row["differences"], means, atol=1e-9)
         mean, low, high = _interval(means)
         np.testing.assert_allclose((row["mean"], row["low"], row["high"]), (mean, low, high))
-    assert (tmp_path / "out" / "teachers.md").read_text().count("| over teachers") == len(over)
+    text = (tmp_path / "out" / "teachers.md").read_text()
+    assert text.count("| over teachers") == len(over)
+    # Round three adds the all-teachers mean at 98.75% (Bonferroni over four looks), only then.
+    adjusted = json.loads((tmp_path / "out" / "teachers.json").read_text()).get("looks_adjusted")
+    assert (adjusted is not None) == (max(present) >= TEN) == ("98.75% interval" in text)
+    if adjusted is not None:
+        mean, low, high = _interval([MEANS[i] for i in present], alpha=0.05 / 4)
+        got = (adjusted["mean"], adjusted["low"], adjusted["high"], adjusted["confidence"])
+        np.testing.assert_allclose(got, (mean, low, high, 0.9875))
+        _, low95, high95 = _interval([MEANS[i] for i in present])
+        assert low < low95 and high > high95
 
 
 # The CE arm (kd-gain): per teacher grid, FKL accuracy (points) at seeds 0, 1, ...; HTA-KL is

@@ -224,9 +224,13 @@ SEED0_TEACHERS = (
     ("retrained", "t2_rep", "root seed 0, at 3c646e7, Intel Xeon", 4),
 )
 # The teacher-seed protocol's primary reading (ac7209d) is over these four, the first extension's
-# (fcfc610) over these seven.
+# (fcfc610) over these seven, the second's (25284df) over these ten.
 FIRST_TEACHERS = ("first", "retrained", "seed 1", "seed 2")
 SEVEN_TEACHERS = FIRST_TEACHERS + ("seed 3", "seed 4", "seed 5")
+TEN_TEACHERS = SEVEN_TEACHERS + ("seed 6", "seed 7", "seed 8")
+# The over-all-teachers mean was read at 4, 7, 10 and (round three, 1348554) 14 teachers, each
+# look deciding whether to add teachers: round three adds its mean at 1 - 0.05 / LOOKS.
+LOOKS = 4
 
 
 def _teacher_grids() -> tuple[tuple[str, str, str, int], ...]:
@@ -254,8 +258,9 @@ def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
     """The teacher-seed readings: HTA-KL - FKL after 4 epochs, per teacher (each grid whose
     results.csv exists, at its planned student seeds), and over teachers as a random factor:
     the per-teacher mean gaps' mean, SD and 95% interval (Student t, teachers - 1 df), over the
-    first four teachers and, once there are more, over the first seven and over all of them,
-    each also at student seeds 0-1 only (equal weights) -> OUT/teachers.{json,md}."""
+    first four teachers and, once there are more, over the first seven, the first ten and all
+    of them, each also at student seeds 0-1 only (equal weights); beyond ten, the all-teachers
+    mean also at 1 - 0.05 / LOOKS (`_looks_lines`) -> OUT/teachers.{json,md}."""
     gaps: dict[str, list[float]] = {}
     rows = []
     for name, grid, origin, n in _teacher_grids():
@@ -265,7 +270,8 @@ def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
             label = f"teacher {name} ({origin}; {grid}/), student seeds 0-{n - 1}"
             rows.append((label, gaps[name]))
     rows.append(_over_teachers("", {k: g for k, g in gaps.items() if k in FIRST_TEACHERS}))
-    for group, more in ((SEVEN_TEACHERS, FIRST_TEACHERS), (tuple(gaps), SEVEN_TEACHERS)):
+    extensions = ((SEVEN_TEACHERS, FIRST_TEACHERS), (TEN_TEACHERS, SEVEN_TEACHERS))
+    for group, more in extensions + ((tuple(gaps), TEN_TEACHERS),):
         if set(gaps) - set(more):  # each extension's rows, once it has a teacher
             within = {k: g for k, g in gaps.items() if k in group}
             rows += [_over_teachers("", within), _over_teachers(", student seeds 0-1", within, 2)]
@@ -276,7 +282,28 @@ def teachers(out: str = os.path.join(HERE, "t2_teachers")) -> None:
         "per row: n student seeds in a teacher's row, n teachers in the rows over teachers).",
     ]
     meta = {"teachers": list(gaps), "student_seeds": {k: len(g) for k, g in gaps.items()}}
-    _write_paired(out, "teachers", header, rows, meta)
+    lines, records = _paired_lines(rows)
+    result = meta | {"rows": records}
+    if set(gaps) - set(TEN_TEACHERS):  # round three: its primary row (all teachers), adjusted
+        looks, adjusted = _looks_lines(rows[-2][1])
+        lines, result = lines + looks, result | adjusted
+    _write(out, "teachers", header + [""] + lines, result)
+
+
+def _looks_lines(means: list[float]) -> tuple[list[str], dict]:
+    """The over-all-teachers mean (per-teacher `means`) at 1 - 0.05 / LOOKS (Bonferroni over the
+    looks at it): Markdown lines below the table and the JSON record ("looks_adjusted")."""
+    confidence = 1 - 0.05 / LOOKS
+    s = stats.paired_stats(means, confidence=confidence)
+    verdict = "excludes 0" if s.detected else "does not exclude 0"
+    lines = [
+        "",
+        f"Adjusted for the {LOOKS} looks at the over-all-teachers mean (at 4, 7, 10 and "
+        f"{len(means)} teachers):",
+        f"{len(means)} teachers, mean {s.mean:+.2f}, {100 * confidence:g}% interval (Bonferroni, "
+        f"0.05 / {LOOKS}) [{s.low:+.2f}, {s.high:+.2f}], which {verdict}.",
+    ]
+    return lines, {"looks_adjusted": {"looks": LOOKS} | dataclasses.asdict(s)}
 
 
 def _welch_line(label: str, w: stats.WelchStats) -> tuple[str, dict]:
