@@ -228,9 +228,11 @@ SEED0_TEACHERS = (
 FIRST_TEACHERS = ("first", "retrained", "seed 1", "seed 2")
 SEVEN_TEACHERS = FIRST_TEACHERS + ("seed 3", "seed 4", "seed 5")
 TEN_TEACHERS = SEVEN_TEACHERS + ("seed 6", "seed 7", "seed 8")
-# The over-all-teachers mean was read at 4, 7, 10 and (round three, 1348554) 14 teachers, each
-# look deciding whether to add teachers: round three adds its mean at 1 - 0.05 / LOOKS.
-LOOKS = 4
+# The over-all-teachers mean was read over each group above and (round three, 1348554) over all
+# teachers, each look deciding whether to add teachers: round three adds its mean at
+# 1 - 0.05 / LOOKS.
+EARLIER_LOOKS = tuple(map(len, (FIRST_TEACHERS, SEVEN_TEACHERS, TEN_TEACHERS)))
+LOOKS = len(EARLIER_LOOKS) + 1
 
 
 def _teacher_grids() -> tuple[tuple[str, str, str, int], ...]:
@@ -298,8 +300,8 @@ def _looks_lines(means: list[float]) -> tuple[list[str], dict]:
     verdict = "excludes 0" if s.detected else "does not exclude 0"
     lines = [
         "",
-        f"Adjusted for the {LOOKS} looks at the over-all-teachers mean (at 4, 7, 10 and "
-        f"{len(means)} teachers):",
+        f"Adjusted for the {LOOKS} looks at the over-all-teachers mean (at "
+        f"{', '.join(map(str, EARLIER_LOOKS))} and {len(means)} teachers):",
         f"{len(means)} teachers, mean {s.mean:+.2f}, {100 * confidence:g}% interval (Bonferroni, "
         f"0.05 / {LOOKS}) [{s.low:+.2f}, {s.high:+.2f}], which {verdict}.",
     ]
