@@ -7,7 +7,9 @@ output projection [H, V] (float32 by default) of the mean KD loss over N tokens:
   (``htakl_jax.losses``; on the CPU backend HTA-KL already maps over row blocks of its logits);
 - ``fused``: ``fused_linear_kd(hidden, weight, teacher, reduction="none").mean()`` (per-token
   values, any cotangent);
-- ``fused mean``: ``fused_linear_kd(..., reduction="mean")`` (a scalar; the same backward).
+- ``fused mean``: ``fused_linear_kd(..., reduction="mean")`` (a scalar; the same backward);
+- ``fused mean fwd``: ``fused_linear_kd(..., reduction="mean", backward="forward")`` (the
+  gradient computed in the forward pass into a float32 [H, V] accumulator).
 
 The teacher comes as logits [N, V] (a jit argument: counted in neither side's temporaries) or,
 with ``--teacher linear``, as hidden states [N, H'] and a projection [H', V] (the unfused path
@@ -40,7 +42,7 @@ from common import print_table, time_interleaved, write_json
 MIB = 2**20
 MEMORY_GOAL = 0.15
 TIME_GOAL = 1.3
-VARIANTS = ("unfused", "fused", "fused mean")
+VARIANTS = ("unfused", "fused", "fused mean", "fused mean fwd")
 
 
 def _kwargs(method: str, temperature: float) -> dict:
@@ -68,7 +70,9 @@ def _unfused_loss(method: str, temperature: float) -> Callable:
     return loss
 
 
-def _fused_loss(method: str, temperature: float, reduction: str, chunks: tuple) -> Callable:
+def _fused_loss(
+    method: str, temperature: float, reduction: str, chunks: tuple, backward: str = "auto"
+) -> Callable:
     kwargs = _kwargs(method, temperature)
     chunk_rows, chunk_cols = chunks
 
@@ -81,6 +85,7 @@ def _fused_loss(method: str, temperature: float, reduction: str, chunks: tuple) 
             chunk_rows=chunk_rows,
             chunk_cols=chunk_cols,
             reduction=reduction,
+            backward=backward,
             **kwargs,
         )
         return out if reduction == "mean" else jnp.mean(out)
@@ -94,6 +99,7 @@ def _steps(method: str, temperature: float, chunks: tuple) -> dict[str, Callable
         "unfused": _unfused_loss(method, temperature),
         "fused": _fused_loss(method, temperature, "none", chunks),
         "fused mean": _fused_loss(method, temperature, "mean", chunks),
+        "fused mean fwd": _fused_loss(method, temperature, "mean", chunks, "forward"),
     }
     return {k: jax.jit(jax.value_and_grad(f, argnums=(0, 1))) for k, f in fns.items()}
 

@@ -277,9 +277,10 @@ def test_sequences_with_padding_mask(case, teacher_form):
             assert_close(g, g_ref)
 
 
+@pytest.mark.parametrize("backward", ("sweep", "forward"))
 @pytest.mark.parametrize("reduction", ("sum", "mean"))
 @pytest.mark.parametrize("case", ("rkl", "hta_kl"))
-def test_reductions_equal_the_reduced_materialised_loss(reduction, case):
+def test_reductions_equal_the_reduced_materialised_loss(reduction, case, backward):
     kwargs, loss = CASES[case]
     p, where, garbage = _padded_sequences(seed=8)
     count = jnp.sum(where)
@@ -288,7 +289,9 @@ def test_reductions_equal_the_reduced_materialised_loss(reduction, case):
         total = jnp.sum(_unfused_fn(loss, p["t_logits"], where=where)(hidden, weight, bias))
         return total if reduction == "sum" else total / count
 
-    ours = _fused_fn(kwargs, garbage["t_logits"], where=where, reduction=reduction)
+    ours = _fused_fn(
+        kwargs, garbage["t_logits"], where=where, reduction=reduction, backward=backward
+    )
     args = (p["hidden"], p["weight"], p["bias"])
     value, grads = jax.value_and_grad(ours, argnums=(0, 1, 2))(*args)
     value_ref, grads_ref = jax.value_and_grad(ref, argnums=(0, 1, 2))(*args)
@@ -296,7 +299,7 @@ def test_reductions_equal_the_reduced_materialised_loss(reduction, case):
     assert_close(value, value_ref)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         assert_close(g, g_ref)
-    # an upstream factor scales the gradient computed in the forward pass
+    # an upstream factor scales the gradient (computed in the forward pass or in the sweep)
     g3 = jax.grad(lambda *a: 3.0 * ours(*a), argnums=1)(*args)
     assert_close(g3, 3.0 * grads_ref[1])
 
@@ -388,6 +391,8 @@ def _call(**overrides):
     [
         ({"method": "ce"}, "unknown method"),
         ({"reduction": "max"}, "unknown reduction"),
+        ({"backward": "both"}, "unknown backward"),
+        ({"backward": "forward"}, "scalar loss"),
         ({"chunk_rows": 0}, "chunk_rows"),
         ({"chunk_cols": 1.5}, "chunk_cols"),
         ({"weight": jnp.zeros((H + 1, V))}, "hidden"),

@@ -6,8 +6,8 @@ the unfused gradient keeps several. :func:`fused_linear_kd` takes hidden states 
 projection [H, V] (and the teacher's logits [..., V], or its hidden states and projection) and
 returns the per-example values of the materialised loss, `method(hidden @ weight + bias,
 teacher_logits)`, and the same gradients with respect to hidden, weight and bias, up to float32
-rounding. The largest temporaries are a few [chunk_rows, V] and [N, chunk_cols] arrays, and
-with a scalar reduction a float32 [H, V] accumulator.
+rounding. The largest temporaries are a few [chunk_rows, V] and [N, chunk_cols] arrays (and with
+`backward="forward"` a float32 [H, V] accumulator).
 
 Design (one `jax.custom_vjp`):
 - Forward, over row chunks (`lax.fori_loop`, `chunk_rows` rows each): the student's logits
@@ -16,19 +16,21 @@ Design (one `jax.custom_vjp`):
   (:func:`kd.row_statistics`: the values, so they match the unfused loss by construction, and
   six numbers per row, HTA-KL's head weights among them). The head set needs whole rows; the
   gradient, given those numbers, does not: it is elementwise (:func:`kd.student_logit_grad`).
-- Backward of `reduction="none"` (any per-row cotangent), over vocabulary blocks of
-  `chunk_cols` columns: each block recomputes its logits h @ W[:, j] (+ the teacher's), takes
-  its gradient g_j [N, cols], writes dW[:, j] = h^T g_j and db[j] = sum_rows g_j once, in the
-  parameter's dtype, and accumulates dh += g_j W[:, j]^T in float32. One matmul more than the
-  unfused gradient's three, but no [H, V] accumulator read and written per chunk (in a
-  row-chunked backward the three matmuls took 1.4x the unfused ones' time on the CPU, these
-  0.93x; ad-hoc, at [4096 x 512] @ [512, 32000]).
-- `reduction="sum"` / `"mean"` (a scalar loss): its cotangent is one number, so the forward
-  computes the gradient in the same loop (Liger Kernel's approach: the unfused path's three
-  matmuls, no recompute): per chunk g_c, dh_c = g_c W^T, dW += h_c^T g_c and db += sum g_c in
-  float32; the backward scales them. It keeps a float32 [H, V] accumulator, and on the CPU ran
-  5-10% faster than the vocabulary sweep (ad-hoc, HTA-KL and FKL); for the sweep's lower memory
-  with a scalar loss, take reduction="none" and reduce.
+- Backward (`backward="sweep"`, the default; any per-row cotangent, so every reduction), over
+  vocabulary blocks of `chunk_cols` columns: each block recomputes its logits h @ W[:, j] (+ the
+  teacher's), takes its gradient g_j [N, cols], writes dW[:, j] = h^T g_j and db[j] =
+  sum_rows g_j once, in the parameter's dtype, and accumulates dh += g_j W[:, j]^T in float32.
+  One matmul more than the unfused gradient's three, but no [H, V] accumulator read and written
+  per chunk (in a row-chunked backward the three matmuls took 1.4x the unfused ones' time on
+  the CPU, these 0.93x; ad-hoc, at [4096 x 512] @ [512, 32000]).
+- `backward="forward"` (a scalar loss, `reduction="sum"` / `"mean"`): its cotangent is one
+  number, so the forward computes the gradient in the same loop (Liger Kernel's approach: the
+  unfused path's three matmuls, no recompute): per chunk g_c, dh_c = g_c W^T, dW += h_c^T g_c
+  and db += sum g_c in float32; the backward scales them. It keeps a float32 [H, V]
+  accumulator, and its per-chunk dW update is a matmul with only chunk_rows terms per output
+  plus a read and write of the accumulator: memory-bound on the CPU. Against the sweep it ran
+  5-10% faster on a 2-core AMD EPYC and 10-12% slower on a 2-core AMX Xeon
+  (benchmarks/fused_memory.py), hence not the default.
 - Chunks and blocks that do not divide the rows or the vocabulary start earlier (overlap the
   one before) instead of padding, so no input is copied; overlapping rows or columns are
   written once.
@@ -63,6 +65,10 @@ Array = jax.Array
 
 FUSED_METHODS = kd.KD_METHODS
 REDUCTIONS = ("none", "sum", "mean")
+# Where the gradient is computed (`backward`): "sweep", the backward's vocabulary sweep (every
+# reduction), or "forward", the forward's row sweep (scalar reductions). "auto": "sweep" (module
+# docstring: lower memory, and on the CPU it measured faster on one machine, slower on another).
+BACKWARDS = ("auto", "sweep", "forward")
 # "auto" chunks and blocks (`chunk_rows_for`, `chunk_cols_for`): about this many elements per
 # [rows, V] chunk or [N, cols] block. On the CPU backend 2M elements per chunk (8 MiB in float32;
 # V = 32000: 64 rows) and 4M per block (N = 4096: 1024 columns); at [4096 x 512] @ [512, 32000]
@@ -118,6 +124,7 @@ class _Spec:
     chunk: int
     cols: int
     reduction: str
+    grad_in_forward: bool
     static_hyper: tuple[tuple[str, Any], ...]
 
 
@@ -352,7 +359,7 @@ def _fused(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
 
 
 def _fused_fwd(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
-    if spec.reduction == "none":
+    if not spec.grad_in_forward:
         stats, _ = _row_sweep(spec, student, teacher, where, hyper)
         return _outputs(spec, stats, where), (student, teacher, where, hyper, stats)
     ct = jnp.ones((), jnp.promote_types(_acc_dtype(*student[:2]), _acc_dtype(teacher[0])))
@@ -362,11 +369,20 @@ def _fused_fwd(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
     return _outputs(spec, stats, where), (student, grads)
 
 
+def _row_cotangents(spec: _Spec, ct: Array, num_rows: int, where: Array | None) -> Array:
+    """The cotangent [N] of each row's value, from that of the (reduced) loss."""
+    if spec.reduction == "none":
+        return ct
+    if spec.reduction == "mean":
+        ct = ct / _row_count(num_rows, where, ct.dtype)
+    return jnp.broadcast_to(ct, (num_rows,))
+
+
 def _fused_bwd(spec: _Spec, residuals: tuple, cotangents: tuple):
     ct = cotangents[0]  # the head weights' cotangent is dropped: they carry no gradient
-    if spec.reduction == "none":
+    if not spec.grad_in_forward:
         student, teacher, where, hyper, stats = residuals
-        ct = ct.astype(stats.value.dtype)
+        ct = _row_cotangents(spec, ct.astype(stats.value.dtype), len(stats.value), where)
         return _column_sweep(spec, student, teacher, where, hyper, stats, ct), None, None, None
     student, grads = residuals
     grads = jax.tree.map(lambda g: g * ct.astype(g.dtype), grads)
@@ -443,6 +459,19 @@ def _resolve_size(name: str, value: int | str, auto: int, limit: int) -> int:
     return min(value, limit)
 
 
+def _grad_in_forward(backward: str, reduction: str) -> bool:
+    """Whether the forward pass computes the gradient (`backward` "forward", scalar reductions
+    only); "auto" and "sweep" leave it to the backward's vocabulary sweep."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"unknown backward {backward!r}; expected one of {BACKWARDS}")
+    if backward == "forward" and reduction == "none":
+        raise ValueError(
+            'backward="forward" needs a scalar loss (reduction "sum" or "mean"): per-example '
+            "values have a cotangent per row, unknown in the forward pass"
+        )
+    return backward == "forward"
+
+
 def fused_linear_kd_with_weight(
     hidden: Array,
     weight: Array,
@@ -459,6 +488,7 @@ def fused_linear_kd_with_weight(
     chunk_rows: int | str = "auto",
     chunk_cols: int | str = "auto",
     reduction: str = "none",
+    backward: str = "auto",
 ) -> tuple[Array, Array]:
     """:func:`fused_linear_kd` and the head weight w_head [...] it used (for logging; gradient-free;
     the constant FKL weight r for the fixed-weight methods)."""
@@ -466,6 +496,7 @@ def fused_linear_kd_with_weight(
         raise ValueError(f"unknown method {method!r}; expected one of {FUSED_METHODS}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    grad_in_forward = _grad_in_forward(backward, reduction)
     lead = _check_shapes(hidden, weight, bias, teacher, where)
     num_rows, vocab = math.prod(lead), jnp.shape(weight)[1]
     hyper = {
@@ -480,6 +511,7 @@ def fused_linear_kd_with_weight(
         chunk=_resolve_size("chunk_rows", chunk_rows, chunk_rows_for(num_rows, vocab), num_rows),
         cols=_resolve_size("chunk_cols", chunk_cols, chunk_cols_for(num_rows, vocab), vocab),
         reduction=reduction,
+        grad_in_forward=grad_in_forward,
         static_hyper=tuple((k, v) for k, v in hyper.items() if _is_static(v)),
     )
     dynamic = {k: jnp.asarray(v) for k, v in hyper.items() if not _is_static(v)}
@@ -506,6 +538,7 @@ def fused_linear_kd(
     chunk_rows: int | str = "auto",
     chunk_cols: int | str = "auto",
     reduction: str = "none",
+    backward: str = "auto",
 ) -> Array:
     """KD loss of the student logits `hidden @ weight + bias` without materialising them.
 
@@ -533,6 +566,11 @@ def fused_linear_kd(
       chunk_cols: vocabulary columns per backward block, or "auto" (:func:`chunk_cols_for`:
         about 4M logits per block on the CPU backend, 16M elsewhere, at least 128 columns).
       reduction: "none" (per-example values [...]), "sum" or "mean" (over valid rows).
+      backward: where the gradient is computed. "sweep" ("auto"): the backward recomputes the
+        logits over vocabulary blocks (four matmuls in all, no [H, V] accumulator). "forward"
+        (scalar reductions only): the forward pass computes it chunk by chunk into a float32
+        [H, V] accumulator (three matmuls, Liger Kernel's approach); faster where memory
+        traffic is cheap against a matmul, e.g. an AMD EPYC CPU, slower on an AMX Xeon (README).
     """
     return fused_linear_kd_with_weight(
         hidden,
@@ -549,4 +587,5 @@ def fused_linear_kd(
         chunk_rows=chunk_rows,
         chunk_cols=chunk_cols,
         reduction=reduction,
+        backward=backward,
     )[0]
