@@ -29,7 +29,7 @@ Design (one `jax.custom_vjp`):
   and db += sum g_c in float32; the backward scales them. It keeps a float32 [H, V]
   accumulator, and its per-chunk dW update is a matmul with only chunk_rows terms per output
   plus a read and write of the accumulator: memory-bound on the CPU. Against the sweep it ran
-  5-10% faster on a 2-core AMD EPYC and 10-12% slower on a 2-core AMX Xeon
+  5-10% faster on a 2-core AMD EPYC and 10-19% slower on a 2-core AMX Xeon
   (benchmarks/fused_memory.py), hence not the default.
 - Chunks and blocks that do not divide the rows or the vocabulary start earlier (overlap the
   one before) instead of padding, so no input is copied; overlapping rows or columns are
