@@ -542,35 +542,28 @@ def fused_linear_kd(
 ) -> Array:
     """KD loss of the student logits `hidden @ weight + bias` without materialising them.
 
-    Equals `loss(hidden @ weight + bias, teacher_logits, ...)` per example, in value and in its
-    gradients with respect to hidden, weight and bias, up to float32 rounding, for `loss` the
-    method's function (:func:`kd.forward_kl`, `reverse_kl`, `symmetric_kl`, `fixed_ratio_kl`,
-    `hta_kl`), while keeping only a few [chunk_rows, V] and [N, chunk_cols] temporaries (see the
-    module docstring).
+    Equals the method's unfused function (:func:`kd.forward_kl`, `reverse_kl`, `symmetric_kl`,
+    `fixed_ratio_kl`, `hta_kl`) on `hidden @ weight + bias` per example, in value and in its
+    gradients with respect to hidden, weight and bias, up to float32 rounding, with only a few
+    [chunk_rows, V] and [N, chunk_cols] temporaries (see the module docstring).
 
     Args:
-      hidden: student hidden states [..., H] (e.g. [batch, length, H]); bf16 is fine (logits
-        and softmax statistics are accumulated in float32).
+      hidden: student hidden states [..., H]; bf16 is fine (float32 logits and statistics).
       weight: student output projection [H, V]; bias: optional [V].
-      teacher: logits [..., V], or (hidden [..., H'], weight [H', V][, bias [V]]) whose logits
-        are computed per chunk. Gets no gradient.
+      teacher: logits [..., V], or (hidden [..., H'], weight [H', V][, bias [V]]); no gradient.
       method: one of FUSED_METHODS ("fkl", "rkl", "symmetric", "fixed_ratio" with head_ratio,
         "hta_kl" with mu, weight_temperature and the head-set `path`).
       temperature, mu, head_ratio, weight_temperature: as in the unfused functions; constants
         here (no gradient), Python numbers compiled in, arrays traced.
-      where: optional bool [...] mask of valid rows (padding): other rows give 0 and no
-        gradient; their hidden states and teacher logits may hold anything.
-      chunk_rows: rows per forward chunk, or "auto" (:func:`chunk_rows_for`: about 2M logits
-        per chunk on the CPU backend, 16M and at least 256 rows elsewhere). Larger chunks:
-        fewer passes over the projection (each chunk's matmul reads all of it), more memory.
-      chunk_cols: vocabulary columns per backward block, or "auto" (:func:`chunk_cols_for`:
-        about 4M logits per block on the CPU backend, 16M elsewhere, at least 128 columns).
+      where: optional bool [...] mask of valid rows: others give 0 and no gradient, whatever
+        their hidden states and teacher logits hold (padding).
+      chunk_rows, chunk_cols: rows per forward chunk, columns per backward block, or "auto"
+        (:func:`chunk_rows_for`, :func:`chunk_cols_for`); larger: fewer passes, more memory.
       reduction: "none" (per-example values [...]), "sum" or "mean" (over valid rows).
-      backward: where the gradient is computed. "sweep" ("auto"): the backward recomputes the
-        logits over vocabulary blocks (four matmuls in all, no [H, V] accumulator). "forward"
-        (scalar reductions only): the forward pass computes it chunk by chunk into a float32
-        [H, V] accumulator (three matmuls, Liger Kernel's approach); faster where memory
-        traffic is cheap against a matmul, e.g. an AMD EPYC CPU, slower on an AMX Xeon (README).
+      backward: "sweep" ("auto", every reduction): the backward recomputes the logits over
+        vocabulary blocks (four matmuls, no [H, V] accumulator). "forward" (scalar reductions):
+        the forward pass computes the gradient into a float32 [H, V] accumulator (three
+        matmuls, Liger Kernel's approach); faster on some CPUs, slower on others (README).
     """
     return fused_linear_kd_with_weight(
         hidden,
