@@ -26,7 +26,8 @@ a CE timed beside it. ``top-k settled`` is the fraction of rows the top-k candid
 ``[--big-rows, 32000]``, student logits N(0, 4), teacher logits N(0, 9) (``random``) or the
 ``peaked`` / ``flat`` teachers, at temperatures 1 and 4; HTA-KL with its defaults, forward KL and
 CE only, each ratio against optax's softmax cross-entropy gradient timed beside it (the issue's
-yardstick; ours, ``losses.cross_entropy``, is reported beside it).
+yardstick; ours, ``losses.cross_entropy``, is reported beside it). ``--row-blocks 8 16`` adds
+HTA-KL at those rows per CPU block (``row_block=``) beside the default's.
 
   python benchmarks/loss.py --goal --repeats 7 --out loss_goal.json
 
@@ -184,8 +185,11 @@ GOAL_TEMPERATURES = (1.0, 4.0)
 GOAL_RATIO = 3.0
 
 
-def goal_case(rows: int, temperature: float, kind: str, repeats: int) -> dict:
-    """One cell of issue 19's goal matrix: CE, HTA-KL (defaults) and FKL gradients, timed."""
+def goal_case(
+    rows: int, temperature: float, kind: str, repeats: int, row_blocks: tuple[int, ...] = ()
+) -> dict:
+    """One cell of issue 19's goal matrix: CE, HTA-KL (defaults) and FKL gradients, timed; and
+    HTA-KL at each of `row_blocks` rows per CPU block instead of the default."""
     rng = np.random.default_rng(0)
     t_np = teacher_logits(kind, rows, 32000, rng)
     if kind == "random":
@@ -200,6 +204,12 @@ def goal_case(rows: int, temperature: float, kind: str, repeats: int) -> dict:
         "hta_kl": _timed_grad(lambda s_, t_: losses.hta_kl(s_, t_, temperature=temperature), s, t),
         "fkl": _timed_grad(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), s, t),
     }
+    for block in row_blocks:
+        fns[f"hta_kl {block} rows"] = _timed_grad(
+            lambda s_, t_, b=block: losses.hta_kl(s_, t_, temperature=temperature, row_block=b),
+            s,
+            t,
+        )
     times = time_interleaved(fns, repeats=repeats)
     row = {"shape": f"[{rows}, 32000]", "teacher": kind, "tau": temperature}
     row |= {f"{k} ms": 1e3 * v for k, v in times.items()}
@@ -210,7 +220,7 @@ def goal_case(rows: int, temperature: float, kind: str, repeats: int) -> dict:
 
 def run_goal(args: argparse.Namespace) -> None:
     rows = [
-        goal_case(args.big_rows, tau, kind, args.repeats)
+        goal_case(args.big_rows, tau, kind, args.repeats, tuple(args.row_blocks))
         for kind in GOAL_TEACHERS
         for tau in GOAL_TEMPERATURES
     ]
@@ -218,6 +228,7 @@ def run_goal(args: argparse.Namespace) -> None:
     print(f"device={device} float32; grad w.r.t. student; goal <= 3x CE (optax)")
     columns = ["shape", "teacher", "tau", "ce ms", "hta_kl ms", "hta_kl / ce", "fkl / ce"]
     columns += ["ce (ours) / ce", "met"]
+    columns += [f"hta_kl {block} rows / ce" for block in args.row_blocks]
     print_table(rows, columns)
     write_json(args.out, {"benchmark": "loss_goal", "rows": rows, "args": vars(args)})
 
@@ -272,6 +283,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write results as JSON here")
     parser.add_argument("--goal", action="store_true", help="issue 19's goal matrix only")
     parser.add_argument("--crossover", action="store_true", help="sort vs threshold, 10-1000 C")
+    parser.add_argument(
+        "--row-blocks", type=int, nargs="*", default=[], help="--goal: HTA-KL also at these rows"
+    )
     args = parser.parse_args()
     if args.goal:
         run_goal(args)
