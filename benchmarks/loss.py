@@ -201,11 +201,11 @@ def goal_case(
     fns = {
         "ce": _timed_grad(optax.softmax_cross_entropy_with_integer_labels, s, labels),
         "ce (ours)": _timed_grad(lambda s_, y: losses.cross_entropy(s_, y), s, labels),
-        "hta_kl": _timed_grad(lambda s_, t_: losses.hta_kl(s_, t_, temperature=temperature), s, t),
         "fkl": _timed_grad(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), s, t),
     }
-    for block in row_blocks:
-        fns[f"hta_kl {block} rows"] = _timed_grad(
+    for block in ("auto", *row_blocks):
+        name = "hta_kl" if block == "auto" else f"hta_kl {block} rows"
+        fns[name] = _timed_grad(
             lambda s_, t_, b=block: losses.hta_kl(s_, t_, temperature=temperature, row_block=b),
             s,
             t,

@@ -65,9 +65,9 @@ Array = jax.Array
 
 FUSED_METHODS = kd.KD_METHODS
 REDUCTIONS = ("none", "sum", "mean")
-# Where the gradient is computed (`backward`): "sweep", the backward's vocabulary sweep (every
-# reduction), or "forward", the forward's row sweep (scalar reductions). "auto": "sweep" (module
-# docstring: lower memory, and on the CPU it measured faster on one machine, slower on another).
+# Where the gradient is computed (`backward`; module docstring): "sweep", the backward's
+# vocabulary sweep (every reduction), or "forward", the forward's row sweep (scalar reductions).
+# "auto" is "sweep" on every backend until a GPU measurement says otherwise.
 BACKWARDS = ("auto", "sweep", "forward")
 # "auto" chunks and blocks (`chunk_rows_for`, `chunk_cols_for`): about this many elements per
 # [rows, V] chunk or [N, cols] block. On the CPU backend 2M elements per chunk (8 MiB in float32;
@@ -362,20 +362,23 @@ def _fused_fwd(spec: _Spec, student: tuple, teacher: tuple, where, hyper: dict):
     if not spec.grad_in_forward:
         stats, _ = _row_sweep(spec, student, teacher, where, hyper)
         return _outputs(spec, stats, where), (student, teacher, where, hyper, stats)
-    ct = jnp.ones((), jnp.promote_types(_acc_dtype(*student[:2]), _acc_dtype(teacher[0])))
-    if spec.reduction == "mean":
-        ct = ct / _row_count(student[0].shape[0], where, ct.dtype)
+    dtype = jnp.promote_types(_acc_dtype(*student[:2]), _acc_dtype(teacher[0]))
+    ct = _row_weight(spec, student[0].shape[0], where, dtype)
     stats, grads = _row_sweep(spec, student, teacher, where, hyper, ct=ct)
     return _outputs(spec, stats, where), (student, grads)
+
+
+def _row_weight(spec: _Spec, num_rows: int, where: Array | None, dtype: jnp.dtype) -> Array:
+    """d loss / d (each row's value) of a scalar reduction: 1 ("sum"), 1 / valid rows ("mean")."""
+    one = jnp.ones((), dtype)
+    return one / _row_count(num_rows, where, dtype) if spec.reduction == "mean" else one
 
 
 def _row_cotangents(spec: _Spec, ct: Array, num_rows: int, where: Array | None) -> Array:
     """The cotangent [N] of each row's value, from that of the (reduced) loss."""
     if spec.reduction == "none":
         return ct
-    if spec.reduction == "mean":
-        ct = ct / _row_count(num_rows, where, ct.dtype)
-    return jnp.broadcast_to(ct, (num_rows,))
+    return jnp.broadcast_to(ct * _row_weight(spec, num_rows, where, ct.dtype), (num_rows,))
 
 
 def _fused_bwd(spec: _Spec, residuals: tuple, cotangents: tuple):
