@@ -612,6 +612,30 @@ def test_gradients_match_finite_differences_float64(kind):
     )
 
 
+@pytest.mark.parametrize("tau", (1.0, 3.0))
+def test_teacher_probabilities_that_underflow_keep_their_log(tau):
+    # Teacher classes 110-140 logits below the top have p = 0 in float32 (exp(-110) is below
+    # the smallest subnormal) but a finite log p, where the student puts mass: RKL, its
+    # gradient and HTA-KL must count q * (log q - log p) with that log p, as float64 does.
+    s = np.array([[1.0, 0.5, -1.0, 0.0, 2.0, 0.3], [0.0, 1.0, 2.0, -0.5, 0.0, 1.5]], np.float32)
+    t = np.array([[4.0, -106.0, 0.0, 3.0, 1.0, -136.0], [-110.0, 3.0, -120.0, 2.0, 0.5, 1.0]])
+    t = (tau * t).astype(np.float32)
+    assert np.any(np.asarray(jax.nn.softmax(jnp.asarray(t) / tau)) == 0.0)
+    s64, t64 = s.astype(np.float64), t.astype(np.float64)
+    fkl, rkl = ref_fkl(s64, t64, tau), ref_rkl(s64, t64, tau)
+    w_head, w_tail = ref_weights_exact(s64, t64, tau, 0.5)
+    _assert_close(losses.forward_kl(s, t, temperature=tau), fkl, err_msg="fkl")
+    _assert_close(losses.reverse_kl(s, t, temperature=tau), rkl, err_msg="rkl")
+    _assert_close(losses.hta_kl(s, t, temperature=tau), w_head * fkl + w_tail * rkl)
+    fd_rkl = _central_diff(lambda x: ref_rkl(x, t64, tau), s64)
+    fd_hta = w_head[:, None] * _central_diff(lambda x: ref_fkl(x, t64, tau), s64)
+    fd_hta = fd_hta + w_tail[:, None] * fd_rkl
+    rkl_loss = lambda x: losses.reverse_kl(x, t, temperature=tau).sum()  # noqa: E731
+    hta_loss = lambda x: losses.hta_kl(x, t, temperature=tau).sum()  # noqa: E731
+    np.testing.assert_allclose(jax.grad(rkl_loss)(s), fd_rkl, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.grad(hta_loss)(s), fd_hta, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ("random", "peaked", "masked"))
 def test_teacher_and_temperature_gradients_match_finite_differences_float64(kind):
     # The KL losses have a hand-written VJP: check the cotangents of the teacher logits and of

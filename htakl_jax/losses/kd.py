@@ -151,9 +151,13 @@ def _softmax_pair(s: Array, t: Array, temperature: Array) -> _SoftmaxPair:
     return _SoftmaxPair(log_q, log_p, q, p, lse_s, lse_t)
 
 
-def _log_ratio(log_p: Array, p: Array, log_q: Array, q: Array) -> Array:
-    """d = log p - log q, 0 where both vanish (the `where`s keep -inf - -inf = NaN out)."""
-    return jnp.where(p > 0, log_p, 0.0) - jnp.where(q > 0, log_q, 0.0)
+def _log_ratio(log_p: Array, log_q: Array) -> Array:
+    """d = log p - log q, a -inf (masked) side counting as 0 (keeps -inf - -inf = NaN out).
+
+    The test is on the logarithms, not the probabilities: a probability that underflows to 0
+    keeps its finite logarithm, as in float64.
+    """
+    return jnp.where(log_p > -jnp.inf, log_p, 0.0) - jnp.where(log_q > -jnp.inf, log_q, 0.0)
 
 
 class _Spec(NamedTuple):
@@ -173,7 +177,7 @@ def _rows_forward(spec: _Spec, s, t, temperature, weights, head, where) -> tuple
     for HTA-KL, whose weights come from the head set of `where`'s rows [R] (None: all).
     """
     pair = _softmax_pair(s, t, temperature)
-    d = _log_ratio(pair.log_p, pair.p, pair.log_q, pair.q)
+    d = _log_ratio(pair.log_p, pair.log_q)
     zero = jnp.zeros(s.shape[:-1], s.dtype)
     fkl = jnp.sum(jnp.where(pair.p > 0, pair.p * d, 0.0), axis=-1) if spec.terms[0] else zero
     rkl = jnp.sum(jnp.where(pair.q > 0, -pair.q * d, 0.0), axis=-1) if spec.terms[1] else zero
@@ -241,31 +245,42 @@ def _all_rows_forward(spec: _Spec, s, t, temperature, weights, head, where) -> t
 def _kd_rows_bwd(spec, residuals, cotangents):
     s, t, temperature, weights, head, where, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl = residuals
     g, g_w = cotangents
+    ds = _student_grad(spec.terms, s, t, temperature, lse_s, lse_t, g * w_fkl, g * w_rkl, rkl)
+    # The teacher's gradient (dropped by XLA unless asked for) from the pair.
     pair = _pair_from_normalisers(s, t, temperature, lse_s, lse_t)
-    d = _log_ratio(pair.log_p, pair.p, pair.log_q, pair.q)
+    d = _log_ratio(pair.log_p, pair.log_q)
     g_f, g_r = (g * w_fkl)[:, None], (g * w_rkl)[:, None]
-    dz_s = _student_dz(spec.terms, pair, d, g_f, g_r, rkl)
     dz_t = 0.0
     if spec.terms[0]:
         dz_t = dz_t + g_f * jnp.where(pair.p > 0, pair.p * (d - fkl[:, None]), 0.0)
     if spec.terms[1]:
         dz_t = dz_t + g_r * (pair.p - pair.q)
-    ds, dt = dz_s / temperature, dz_t / temperature
+    dt = dz_t / temperature
     d_temperature = -(_finite_dot(ds, s) + _finite_dot(dt, t)) / temperature
     d_weights = None if weights is None else (g * fkl + g_w, g * rkl)
     d_head = jax.tree.map(jnp.zeros_like, head)
     return ds, dt, d_temperature.astype(temperature.dtype), d_weights, d_head, None
 
 
-def _student_dz(terms, pair: _SoftmaxPair, d: Array, g_f: Array, g_r: Array, rkl: Array):
-    """d(g_f * FKL + g_r * RKL) / dz_s, z_s = s / tau: [R, C] (any subset of the classes);
-    g_f, g_r [R, 1] weighted cotangents, rkl [R]."""
-    dz_s = 0.0
-    if terms[0]:
-        dz_s = dz_s + g_f * (pair.q - pair.p)
-    if terms[1]:
-        dz_s = dz_s + g_r * jnp.where(pair.q > 0, pair.q * (-d - rkl[:, None]), 0.0)
-    return dz_s
+def _student_grad(terms, s, t, temperature, lse_s, lse_t, g_f, g_r, rkl) -> Array:
+    """d(g_f * FKL + g_r * RKL) / ds for logits s, t [R, K] (any K of the C classes): [R, K].
+
+    g_f, g_r [R] are the weighted cotangents, lse_s, lse_t and rkl [R] the forward's. With
+    u = log q, v = log p (v := 0 where t = -inf, as `_log_ratio`), tau * ds is
+    g_f * (q - p) + g_r * q * (u - v - RKL) (0 where q = 0), here as q * (c + g_r * (u - v))
+    - g_f * p with the per-row c = g_f - g_r * RKL: one elementwise pass, 1 / tau folded into
+    the per-row factors.
+    """
+    inv_tau = 1.0 / temperature
+    u = s * inv_tau - lse_s[:, None]
+    g_f = (g_f * inv_tau)[:, None] if terms[0] else 0.0
+    g_r = (g_r * inv_tau)[:, None] if terms[1] else 0.0
+    c = g_f - g_r * rkl[:, None] if terms[1] else g_f
+    v = t * inv_tau - lse_t[:, None]
+    q = jnp.exp(u)
+    u_minus_v = jnp.where(t > -jnp.inf, u - v, u) if terms[1] else 0.0
+    ds = jnp.where(q > 0, q * (c + g_r * u_minus_v), 0.0)
+    return ds - g_f * jnp.exp(v) if terms[0] else ds
 
 
 _kd_rows.defvjp(_kd_rows_fwd, _kd_rows_bwd)
@@ -707,11 +722,10 @@ def student_logit_grad(
     t = teacher_logits.astype(s.dtype).reshape(s.shape)
     flat = jax.tree.map(lambda x: jnp.reshape(x, (-1,)).astype(s.dtype), stats)
     tau = jnp.asarray(temperature, s.dtype)
-    pair = _pair_from_normalisers(s, t, tau, flat.lse_s, flat.lse_t)
-    d = _log_ratio(pair.log_p, pair.p, pair.log_q, pair.q)
     g = tau**2 * jnp.reshape(cotangent, (-1,)).astype(s.dtype)  # the values' tau^2
-    g_f, g_r = (g * flat.w_fkl)[:, None], (g * flat.w_rkl)[:, None]
-    ds = (_student_dz(terms, pair, d, g_f, g_r, flat.rkl) / tau).reshape(shape)
+    g_f, g_r = g * flat.w_fkl, g * flat.w_rkl
+    ds = _student_grad(terms, s, t, tau, flat.lse_s, flat.lse_t, g_f, g_r, flat.rkl)
+    ds = ds.reshape(shape)
     return ds if where is None else jnp.where(jnp.asarray(where, bool)[..., None], ds, 0.0)
 
 
