@@ -278,8 +278,10 @@ def _student_grad(terms, s, t, temperature, lse_s, lse_t, g_f, g_r, rkl) -> Arra
     c = g_f - g_r * rkl[:, None] if terms[1] else g_f
     v = t * inv_tau - lse_t[:, None]
     q = jnp.exp(u)
-    u_minus_v = jnp.where(t > -jnp.inf, u - v, u) if terms[1] else 0.0
-    ds = jnp.where(q > 0, q * (c + g_r * u_minus_v), 0.0)
+    if terms[1]:
+        ds = jnp.where(q > 0, q * (c + g_r * jnp.where(t > -jnp.inf, u - v, u)), 0.0)
+    else:
+        ds = q * c
     return ds - g_f * jnp.exp(v) if terms[0] else ds
 
 
