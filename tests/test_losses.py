@@ -636,6 +636,18 @@ def test_teacher_probabilities_that_underflow_keep_their_log(tau):
     np.testing.assert_allclose(jax.grad(hta_loss)(s), fd_hta, rtol=1e-5, atol=1e-5)
 
 
+def test_a_class_masked_on_one_side_only_makes_that_kl_infinite():
+    # The package docstring's convention: -inf on both sides is a masked class (contributes 0);
+    # -inf on one side only gives that KL its true value, +inf, and the other KL stays finite.
+    inf = np.inf
+    s = np.array([[1.0, 0.5, 0.0, -inf], [2.0, -inf, 0.3, 1.0]], np.float32)
+    t = np.array([[2.0, -inf, 0.0, -inf], [0.0, 1.0, 2.0, 1.0]], np.float32)
+    fkl, rkl = ref_fkl(s, t, 2.0), ref_rkl(s, t, 2.0)
+    assert np.isfinite(fkl[0]) and np.isinf(rkl[0]) and np.isinf(fkl[1]) and np.isfinite(rkl[1])
+    _assert_close(losses.forward_kl(s, t, temperature=2.0), fkl, err_msg="fkl")
+    _assert_close(losses.reverse_kl(s, t, temperature=2.0), rkl, err_msg="rkl")
+
+
 @pytest.mark.parametrize("kind", ("random", "peaked", "masked"))
 def test_teacher_and_temperature_gradients_match_finite_differences_float64(kind):
     # The KL losses have a hand-written VJP: check the cotangents of the teacher logits and of

@@ -152,12 +152,10 @@ def _softmax_pair(s: Array, t: Array, temperature: Array) -> _SoftmaxPair:
 
 
 def _log_ratio(log_p: Array, log_q: Array) -> Array:
-    """d = log p - log q, a -inf (masked) side counting as 0 (keeps -inf - -inf = NaN out).
-
-    The test is on the logarithms, not the probabilities: a probability that underflows to 0
-    keeps its finite logarithm, as in float64.
-    """
-    return jnp.where(log_p > -jnp.inf, log_p, 0.0) - jnp.where(log_q > -jnp.inf, log_q, 0.0)
+    """d = log p - log q [R, C]. Callers weight it by p (FKL) or q (RKL) only where that is > 0,
+    which leaves out the NaN of a class both sides mask (-inf - -inf), keeps a class only one
+    side masks at its true +inf, and keeps the finite log of a probability that underflows."""
+    return log_p - log_q
 
 
 class _Spec(NamedTuple):
@@ -266,7 +264,7 @@ def _student_grad(terms, s, t, temperature, lse_s, lse_t, g_f, g_r, rkl) -> Arra
     """d(g_f * FKL + g_r * RKL) / ds for logits s, t [R, K] (any K of the C classes): [R, K].
 
     g_f, g_r [R] are the weighted cotangents, lse_s, lse_t and rkl [R] the forward's. With
-    u = log q, v = log p (v := 0 where t = -inf, as `_log_ratio`), tau * ds is
+    u = log q, v = log p, tau * ds is
     g_f * (q - p) + g_r * q * (u - v - RKL) (0 where q = 0), here as q * (c + g_r * (u - v))
     - g_f * p with the per-row c = g_f - g_r * RKL: one elementwise pass, 1 / tau folded into
     the per-row factors.
@@ -279,7 +277,7 @@ def _student_grad(terms, s, t, temperature, lse_s, lse_t, g_f, g_r, rkl) -> Arra
     v = t * inv_tau - lse_t[:, None]
     q = jnp.exp(u)
     if terms[1]:
-        ds = jnp.where(q > 0, q * (c + g_r * jnp.where(t > -jnp.inf, u - v, u)), 0.0)
+        ds = jnp.where(q > 0, q * (c + g_r * (u - v)), 0.0)
     else:
         ds = q * c
     return ds - g_f * jnp.exp(v) if terms[0] else ds
