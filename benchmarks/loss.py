@@ -26,8 +26,10 @@ a CE timed beside it. ``top-k settled`` is the fraction of rows the top-k candid
 ``[--big-rows, 32000]``, student logits N(0, 4), teacher logits N(0, 9) (``random``) or the
 ``peaked`` / ``flat`` teachers, at temperatures 1 and 4; HTA-KL with its defaults, forward KL and
 CE only, each ratio against optax's softmax cross-entropy gradient timed beside it (the issue's
-yardstick; ours, ``losses.cross_entropy``, is reported beside it). ``--row-blocks 8 16`` adds
-HTA-KL at those rows per CPU block (``row_block=``) beside the default's.
+yardstick; ours, ``losses.cross_entropy``, is reported beside it). ``write`` times ``s + 1``
+(a read and a fresh [rows, 32000] output, as every gradient here writes one): the part of each
+time that is memory traffic rather than arithmetic, and the reason the ratios differ between
+machines. ``--row-blocks 8 16`` adds HTA-KL at those rows per CPU block (``row_block=``).
 
   python benchmarks/loss.py --goal --repeats 7 --out loss_goal.json
 
@@ -133,6 +135,12 @@ def _timed_grad(loss: Callable, s: jax.Array, *args: jax.Array) -> Callable[[], 
     return lambda: jax.block_until_ready(grad(s, *args))
 
 
+def _timed_call(fn: Callable, *args: jax.Array) -> Callable[[], jax.Array]:
+    """A zero-argument call of jit(fn) on `args` (jit arguments, as in `_timed_grad`)."""
+    jitted = jax.jit(fn)
+    return lambda: jax.block_until_ready(jitted(*args))
+
+
 def _jax_fns(s, t, labels, temperature: float) -> dict[str, Callable]:
     """Zero-argument timed calls; the logits are jit arguments (closed-over arrays would become
     constants that XLA folds at compile time)."""
@@ -202,6 +210,7 @@ def goal_case(
         "ce": _timed_grad(optax.softmax_cross_entropy_with_integer_labels, s, labels),
         "ce (ours)": _timed_grad(lambda s_, y: losses.cross_entropy(s_, y), s, labels),
         "fkl": _timed_grad(lambda s_, t_: losses.forward_kl(s_, t_, temperature=temperature), s, t),
+        "write": _timed_call(lambda s_: s_ + 1.0, s),
     }
     for block in ("auto", *row_blocks):
         name = "hta_kl" if block == "auto" else f"hta_kl {block} rows"
@@ -227,7 +236,7 @@ def run_goal(args: argparse.Namespace) -> None:
     device = jax.devices()[0].device_kind
     print(f"device={device} float32; grad w.r.t. student; goal <= 3x CE (optax)")
     columns = ["shape", "teacher", "tau", "ce ms", "hta_kl ms", "hta_kl / ce", "fkl / ce"]
-    columns += ["ce (ours) / ce", "met"]
+    columns += ["ce (ours) / ce", "write ms", "met"]
     columns += [f"hta_kl {block} rows / ce" for block in args.row_blocks]
     print_table(rows, columns)
     write_json(args.out, {"benchmark": "loss_goal", "rows": rows, "args": vars(args)})
