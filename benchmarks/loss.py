@@ -131,8 +131,7 @@ def _torch_fns(torch, s_np, t_np, labels_np, temperature: float) -> dict[str, Ca
 def _timed_grad(loss: Callable, s: jax.Array, *args: jax.Array) -> Callable[[], jax.Array]:
     """A zero-argument call of the jitted gradient of mean(loss(s, *args)) w.r.t. s; the arrays
     are jit arguments (closed-over arrays would become constants that XLA folds at compile time)."""
-    grad = jax.jit(jax.grad(lambda s_, *a: jnp.mean(loss(s_, *a))))
-    return lambda: jax.block_until_ready(grad(s, *args))
+    return _timed_call(jax.grad(lambda s_, *a: jnp.mean(loss(s_, *a))), s, *args)
 
 
 def _timed_call(fn: Callable, *args: jax.Array) -> Callable[[], jax.Array]:

@@ -243,16 +243,16 @@ def _all_rows_forward(spec: _Spec, s, t, temperature, weights, head, where) -> t
 def _kd_rows_bwd(spec, residuals, cotangents):
     s, t, temperature, weights, head, where, w_fkl, w_rkl, lse_s, lse_t, fkl, rkl = residuals
     g, g_w = cotangents
-    ds = _student_grad(spec.terms, s, t, temperature, lse_s, lse_t, g * w_fkl, g * w_rkl, rkl)
+    g_f, g_r = g * w_fkl, g * w_rkl
+    ds = _student_grad(spec.terms, s, t, temperature, lse_s, lse_t, g_f, g_r, rkl)
     # The teacher's gradient (dropped by XLA unless asked for) from the pair.
     pair = _pair_from_normalisers(s, t, temperature, lse_s, lse_t)
     d = _log_ratio(pair.log_p, pair.log_q)
-    g_f, g_r = (g * w_fkl)[:, None], (g * w_rkl)[:, None]
     dz_t = 0.0
     if spec.terms[0]:
-        dz_t = dz_t + g_f * jnp.where(pair.p > 0, pair.p * (d - fkl[:, None]), 0.0)
+        dz_t = dz_t + g_f[:, None] * jnp.where(pair.p > 0, pair.p * (d - fkl[:, None]), 0.0)
     if spec.terms[1]:
-        dz_t = dz_t + g_r * (pair.p - pair.q)
+        dz_t = dz_t + g_r[:, None] * (pair.p - pair.q)
     dt = dz_t / temperature
     d_temperature = -(_finite_dot(ds, s) + _finite_dot(dt, t)) / temperature
     d_weights = None if weights is None else (g * fkl + g_w, g * rkl)
