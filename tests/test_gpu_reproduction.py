@@ -1,4 +1,6 @@
-"""CPU rehearsal of the one-command GPU reproduction (results/gpu/run.sh, reproduce.py).
+"""CPU rehearsal of the GPU session's two calls: the one-command reproduction
+(results/gpu/run.sh, reproduce.py) and the benchmark goal run (benchmarks/gpu.sh --part goal),
+with the offline wheels they install from (results/gpu/wheels.sh).
 
 The smoke setting runs the same script, on a few hundred generated images packed like the real
 data, with the same phases and output files; this is what proves the GPU run will not die on an
@@ -9,8 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +107,82 @@ def test_phase_timing_excludes_the_compiling_first_epoch():
     assert timing["median_epoch_s"] == 2.0 and timing["step_compile_s_estimate"] == 28.0
     assert timing["train_images_per_s"] == pytest.approx(100 * 256 / 2.0)
     assert timing["step_ms_in_epoch"] == pytest.approx(20.0)
+
+
+def _bash(script: str, **env: str) -> subprocess.CompletedProcess:
+    """`script` in bash at the repository root, with this interpreter first on PATH as python3."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"PATH": path} | env,
+    )
+
+
+def _fake_wheel(folder: Path) -> None:
+    """A pure-Python wheel of distribution htakl-fake-wheel 1.2 (module htakl_fake_wheel)."""
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "htakl_fake_wheel-1.2-py3-none-any.whl", "w") as whl:
+        whl.writestr("htakl_fake_wheel/__init__.py", "VALUE = 7\n")
+        info = "htakl_fake_wheel-1.2.dist-info"
+        whl.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: htakl-fake-wheel\nVersion: 1.2\n"
+        )
+        whl.writestr(f"{info}/RECORD", "")
+
+
+def test_use_wheels_installs_a_missing_module_from_its_wheel(tmp_path):
+    _fake_wheel(tmp_path / "wheels")
+    site = tmp_path / "site"
+    check = (
+        "import htakl_fake_wheel, importlib.metadata as m; "
+        "print(htakl_fake_wheel.VALUE, m.version('htakl-fake-wheel'))"
+    )
+    r = _bash(
+        f"source results/gpu/wheels.sh && use_wheels {tmp_path / 'wheels'} "
+        f'htakl_fake_wheel=htakl-fake-wheel json=json && python3 -c "{check}"',
+        HTAKL_SITE=str(site),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "7 1.2"  # importable, with its version metadata
+    assert "installed htakl_fake_wheel-1.2-py3-none-any.whl" in r.stdout
+    assert sorted(p.name for p in site.iterdir()) == [
+        "htakl_fake_wheel",
+        "htakl_fake_wheel-1.2.dist-info",
+    ]  # json imports already: nothing of it is extracted
+
+
+def test_use_wheels_names_the_module_when_no_wheel_is_there(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    r = _bash(
+        f"source results/gpu/wheels.sh && use_wheels {tmp_path / 'wheels'} "
+        "htakl_no_such_module=htakl-no-such && echo reached",
+        HTAKL_SITE=str(tmp_path / "site"),
+    )
+    assert r.returncode != 0 and "reached" not in r.stdout
+    assert "htakl_no_such_module is not importable" in r.stderr
+    assert str(tmp_path / "wheels") in r.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_goal_run_writes_its_files(tmp_path):
+    """benchmarks/gpu.sh --part goal --dry-run: the GPU session's second call, at tiny sizes on the
+    CPU (the peer columns fill in where torch and SpikingJelly are installed)."""
+    out = tmp_path / "bench"
+    r = _bash(f"bash benchmarks/gpu.sh {out} --part goal --dry-run")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["env.txt", "lif.json", "log.txt", "step_bfloat16_b4_goal.json"]
+    (row,) = json.loads((out / "step_bfloat16_b4_goal.json").read_text())["rows"]
+    assert (row["model"], row["T"]) == ("resnet19", 4)
+    assert row["snn ms"] > 0 and 0 < row["of matmul"]
+
+
+def test_benchmark_script_rejects_an_unknown_part_before_running_anything(tmp_path):
+    r = _bash(f"bash benchmarks/gpu.sh {tmp_path / 'bench'} --part gaol --dry-run")
+    assert r.returncode == 2
+    assert "--part must be all, steps, rest or goal, got 'gaol'" in r.stderr
+    assert not (tmp_path / "bench").exists()

@@ -5,9 +5,10 @@
 #   bash results/gpu/run.sh PACKED_CIFAR10.npz OUT_DIR [reproduce.py flags, e.g. --smoke]
 #
 # Needs no install of this package (the repository root goes on PYTHONPATH). ml-collections, which
-# the GPU machine lacks, is installed from the wheel in .gpu/wheels when it is not importable
-# (results/gpu/README.md says how to fetch it). OUT_DIR receives results.md, results.json,
-# metrics.jsonl and log.txt (this script's whole output); checkpoints go to --work (/tmp).
+# the GPU machine lacks, comes from its wheel in .gpu/wheels when it is not importable
+# (results/gpu/wheels.sh; results/gpu/README.md says how to fetch it). OUT_DIR receives
+# results.md, results.json, metrics.jsonl and log.txt (this script's whole output); checkpoints
+# go to --work (/tmp).
 set -euo pipefail
 start=$(date +%s.%N)
 cd "$(dirname "$0")/../.."
@@ -22,11 +23,8 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # The commit the tree was copied from, when it travelled without .git (results/gpu/README.md).
 export HTAKL_COMMIT="${HTAKL_COMMIT:-$(cat .gpu/commit 2>/dev/null || true)}"
-if ! python3 -c "import ml_collections" 2>/dev/null; then
-  # pip from the wheel; without pip, the pure-Python wheel itself goes on PYTHONPATH.
-  python3 -m pip install --quiet --no-deps --no-index --find-links .gpu/wheels ml-collections \
-    || export PYTHONPATH="$(ls .gpu/wheels/ml_collections-*.whl | head -n 1):$PYTHONPATH"
-fi
+source results/gpu/wheels.sh
+use_wheels .gpu/wheels ml_collections=ml-collections
 # Fail in seconds, not minutes, when a library is missing.
 python3 -c "import jax, flax, optax, orbax.checkpoint, ml_collections, yaml, PIL" \
   || { echo "error: a library above is missing (see results/gpu/README.md)" >&2; exit 1; }
