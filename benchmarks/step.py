@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from htakl_jax import defaults, energy, losses, methods, parallel, runs, steps, surrogate
-from htakl_jax.layers import scale_width
+from htakl_jax.layers import IM2COL_MAX_PIXELS, scale_width
 from htakl_jax.models import get_model
 from htakl_jax.parallel import cpu_compiler_options
 
@@ -77,10 +77,12 @@ def jax_step(
     batch: int,
     remat: str = "none",
     dtype: str = "float32",
+    im2col_max_pixels: int = IM2COL_MAX_PIXELS,
 ):
     """A jitted ``state -> state`` training step on a fixed batch, and its initial state.
 
-    ``dtype`` is the compute dtype of the model (parameters and the optimizer stay float32).
+    ``dtype`` is the compute dtype of the model (parameters and the optimizer stay float32);
+    ``im2col_max_pixels`` its ``Network.im2col_max_pixels`` (0: XLA's convolutions everywhere).
     """
     kwargs = dict(surrogate=surrogate.sigmoid(4.0), remat=remat) if spiking else {}
     model = get_model(
@@ -91,7 +93,7 @@ def jax_step(
         width_mult=width,
         dtype=jnp.dtype(dtype),
         **kwargs,
-    )
+    ).clone(im2col_max_pixels=im2col_max_pixels)
     kx, ky, kp = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (batch, IMAGE, IMAGE, 3))
     y = jax.random.randint(ky, (batch,), 0, CLASSES)

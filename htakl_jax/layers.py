@@ -22,13 +22,15 @@ normalised output and the running-statistics update are identical; ``T - 1`` con
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from htakl_jax.neurons import FEATURES, LIF, TAP_KINDS
 
@@ -52,6 +54,92 @@ def check_neuron_kwargs(names: Iterable[str]) -> None:
 # He-normal over fan-out (torchvision's ResNet init); the layer after is always BatchNorm or the
 # classifier, so the exact scale matters little, but it keeps ANN and SNN initialisation identical.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+# On the CPU backend, convolutions over images of at most IM2COL_MAX_PIXELS pixels (H * W;
+# ResNet-20's last two stages, 4x4 and 2x2 at 32x32 input) with at least IM2COL_MIN_CHANNELS input
+# channels run as one matmul over im2col patches (`im2col_conv`). XLA:CPU (JAX 0.10.2) otherwise
+# turned some of their gradients into convolutions whose window is the whole 2x2 image, which its
+# Eigen kernels ran at about 2 GFLOP/s: at full width and batch 64, ResNet-20's stage-4 gradients
+# took 3.2 s of a 4.0 s ANN training step, the whole step 0.6 s with matmuls (`python
+# benchmarks/conv.py`). Larger images and narrow layers keep XLA's convolution, which was faster
+# or as fast there (with every small image as matmuls, the quickstart's student at width 1/4 on
+# 8x8 digits trained 17% slower). Other backends always keep XLA's convolution.
+IM2COL_MAX_PIXELS = 16
+IM2COL_MIN_CHANNELS = 128
+# The `checkpoint_name` of an `im2col_conv` output, so remat policies can save it like a conv's.
+CONV_OUTPUT = "conv_output"
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def im2col_conv(
+    x_NHWC: jax.Array,
+    kernel_HWIO: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+) -> jax.Array:
+    """The convolution ``[N, H, W, I] * [KH, KW, I, O] -> [N, OH, OW, O]`` as one matmul.
+
+    The padded input's KH * KW shifted, strided views are concatenated along channels into patches
+    ``[N, OH, OW, KH*KW*I]`` (ordered like the kernel's leading axes) and multiplied by the kernel
+    reshaped to ``[KH*KW*I, O]``, accumulating in float32. Equals ``lax.conv_general_dilated``
+    with explicit ``padding`` ((top, bottom), (left, right)) up to float rounding; its gradients
+    are matmuls and slices.
+    """
+    kh, kw, i, o = kernel_HWIO.shape
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
+    x = jnp.pad(x_NHWC, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    views = [
+        x[:, a : a + (oh - 1) * sh + 1 : sh, b : b + (ow - 1) * sw + 1 : sw, :]
+        for a in range(kh)
+        for b in range(kw)
+    ]
+    patches = jnp.concatenate(views, axis=-1)
+    y = jnp.matmul(patches, kernel_HWIO.reshape(kh * kw * i, o), preferred_element_type=jnp.float32)
+    return checkpoint_name(y.astype(jnp.result_type(x_NHWC, kernel_HWIO)), CONV_OUTPUT)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    *,
+    max_pixels: int = IM2COL_MAX_PIXELS,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` (same arguments, for ``nn.Conv``) that runs as
+    :func:`im2col_conv` on the CPU backend for NHWC images of at most ``max_pixels`` pixels and at
+    least IM2COL_MIN_CHANNELS channels (explicit padding, no dilation, one group); as XLA's
+    convolution otherwise."""
+    plain = (
+        jax.default_backend() == "cpu"
+        and lhs.ndim == 4
+        and lhs.shape[1] * lhs.shape[2] <= max_pixels
+        and not isinstance(padding, str)
+        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        and feature_group_count == 1
+        and lhs.shape[-1] >= IM2COL_MIN_CHANNELS
+        and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    )
+    if plain:
+        return im2col_conv(lhs, rhs, window_strides, padding)
+    return jax.lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+    )
 
 
 def fold_time(x_TB: jax.Array) -> jax.Array:
@@ -121,6 +209,8 @@ class LayerFactory:
     # What stage taps record (one of TAP_KINDS for a student; an ANN records its ReLU output);
     # None: taps record nothing and the forward pass is the plain one.
     tap_kind: str | None = None
+    # Convolutions over at most this many pixels run as matmuls on CPU (IM2COL_MAX_PIXELS); 0: none.
+    im2col_max_pixels: int = IM2COL_MAX_PIXELS
 
     def __post_init__(self):
         check_neuron_kwargs(k for k, _ in self.neuron_kwargs)
@@ -140,6 +230,9 @@ class LayerFactory:
             use_bias=False,
             dtype=self.dtype,
             kernel_init=conv_kernel_init,
+            conv_general_dilated=functools.partial(
+                conv_general_dilated, max_pixels=self.im2col_max_pixels
+            ),
             name=name,
         )
 

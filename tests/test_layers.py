@@ -1,5 +1,7 @@
 """Tests for htakl_jax.layers: time folding, direct encoding, BN conventions, ANN/SNN activation."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -186,3 +188,82 @@ def test_act_is_relu_for_ann_and_lif_over_time_for_snn():
     assert not np.array_equal(y, layers.fold_time(lif(x_N[None], tau=3.0)))
     (count,) = state["intermediates"]["my_act"]["spike_count"]
     assert count == float(np.sum(expected)) > 0
+
+
+# ---- convolutions as matmuls on small images ---------------------------------------------------
+# On the CPU backend, convs over at most layers.IM2COL_MAX_PIXELS pixels with at least
+# IM2COL_MIN_CHANNELS channels run as one matmul over im2col patches (XLA:CPU's own kernels for
+# some of their gradients ran at ~2 GFLOP/s).
+
+CONV_CASES = [  # (H, W, kernel, stride, pad)
+    (2, 2, 3, 1, 1),
+    (4, 4, 3, 2, 1),
+    (3, 5, 3, 1, 1),
+    (4, 4, 1, 2, 0),
+    (4, 4, 3, 1, 0),
+]
+
+
+@pytest.mark.parametrize("h, w, k, stride, pad", CONV_CASES)
+def test_im2col_conv_matches_the_float64_loop_and_xla_gradients(h, w, k, stride, pad):
+    rng = np.random.default_rng(h * 10 + w + k + stride)
+    x = jnp.asarray(rng.normal(size=(3, h, w, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 4, 5)), jnp.float32)
+    padding = ((pad, pad), (pad, pad))
+    y = layers.im2col_conv(x, kernel, (stride, stride), padding)
+    np.testing.assert_allclose(y, conv_ref(x, kernel, stride, pad), rtol=1e-5, atol=1e-5)
+
+    def xla(x, kernel):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), padding, dimension_numbers=dims
+        )
+
+    cotangent = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    grads = jax.vjp(lambda *a: layers.im2col_conv(*a, (stride, stride), padding), x, kernel)[1]
+    for ours, theirs in zip(grads(cotangent), jax.vjp(xla, x, kernel)[1](cotangent), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_im2col_conv_keeps_half_precision_and_accumulates_in_float32():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 2, 2, 64)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 64, 8)), jnp.bfloat16)
+    y = layers.im2col_conv(x, kernel, (1, 1), ((1, 1), (1, 1)))
+    assert y.dtype == jnp.bfloat16
+    ref = conv_ref(np.asarray(x, np.float32), np.asarray(kernel, np.float32), 1, 1)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=1e-2, atol=1e-1)
+
+
+def _primitives(fn, *args) -> set[str]:
+    return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the matmul form is CPU-only")
+def test_small_images_convolve_as_matmuls_on_cpu_and_larger_ones_as_convolutions():
+    channels = layers.IM2COL_MIN_CHANNELS
+    cases = [(4, channels, True), (5, channels, False), (4, channels - 1, False)]
+    for size, channels, matmul in cases:  # 16 pixels: matmul; 25 or fewer channels: XLA conv
+        kernel = jnp.zeros((3, 3, channels, 3))
+        x = jnp.zeros((2, size, size, channels))
+        for max_pixels, expect in ((layers.IM2COL_MAX_PIXELS, matmul), (0, False)):
+            mod = _Conv(layers.LayerFactory(spiking=False, im2col_max_pixels=max_pixels), 1)
+            names = _primitives(
+                functools.partial(mod.apply, {"params": {"Conv_0": {"kernel": kernel}}}), x
+            )
+            assert ("conv_general_dilated" not in names) == expect, (size, max_pixels, names)
+            assert ("dot_general" in names) == expect, (size, max_pixels, names)
+
+
+def test_remat_policy_saves_matmul_convolution_outputs(capsys):
+    from htakl_jax.models import remat
+
+    x, kernel = jnp.ones((2, 2, 2, 3)), jnp.ones((3, 3, 3, 4))
+
+    def unit(x, kernel):
+        return jnp.sum(nn.relu(layers.im2col_conv(x, kernel, (1, 1), ((1, 1), (1, 1)))))
+
+    for policy, saved in ((remat.save_conv_outputs, True), (None, False)):
+        jax.ad_checkpoint.print_saved_residuals(jax.checkpoint(unit, policy=policy), x, kernel)
+        residuals = capsys.readouterr().out
+        assert ("f32[2,2,2,4] named 'conv_output'" in residuals) == saved, residuals

@@ -414,6 +414,34 @@ def test_block_remat_equals_plain_model_and_gradient_reaches_every_parameter(nam
     chex.assert_trees_all_equal(s_block["intermediates"], s_plain["intermediates"])
 
 
+# On CPU, convs over at most layers.IM2COL_MAX_PIXELS pixels with at least IM2COL_MIN_CHANNELS
+# channels run as matmuls: at width 1/4 and 16x16 input, ResNet-20's last stage (128 channels at
+# 1x1 after the stem pool) and VGG-16's last blocks do. BatchNorm in eval mode: batch statistics
+# over 2 images at 1x1 would amplify float rounding.
+@pytest.mark.parametrize("name", ["resnet20", "vgg16"])
+def test_matmul_convolutions_equal_xla_convolutions_in_the_model(name):
+    x = jax.random.normal(jax.random.key(4), (B, 16, 16, 3))
+    labels = jnp.arange(B) % C
+    for spiking in (False, True):
+        results = []
+        for max_pixels in (layers.IM2COL_MAX_PIXELS, 0):
+            model = get_model(
+                name, num_classes=C, spiking=spiking, timesteps=T, width_mult=0.25, v_threshold=V_TH
+            ).clone(im2col_max_pixels=max_pixels)
+            variables = numpy_variables(model, x)
+
+            def loss(params, model=model, stats=variables["batch_stats"], spiking=spiking):
+                logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+                logits = logits if spiking else logits[None]  # [T, B, C]
+                return cross_entropy(logits, labels), logits
+
+            results.append(jax.jit(jax.grad(loss, has_aux=True))(variables["params"]))
+        (g_matmul, y_matmul), (g_conv, y_conv) = results
+        close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
+        close(y_matmul, y_conv)
+        jax.tree.map(close, g_matmul, g_conv)
+
+
 # ---- stage taps (the features of the feature-distillation methods) ----------------------------
 # apply(..., features=KIND, mutable=["features"]) sows every stage's output; the default forward
 # pass is unchanged. At 32x32: ResNet-19 3 stages, ResNet-20 / SEW-ResNet 4, VGG-16 5 conv blocks.

@@ -18,7 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from htakl_jax.layers import DirectEncoder, LayerFactory, scale_width, unfold_time
+from htakl_jax.layers import (
+    IM2COL_MAX_PIXELS,
+    DirectEncoder,
+    LayerFactory,
+    scale_width,
+    unfold_time,
+)
 from htakl_jax.models import remat as remat_lib
 
 # Model-level remat modes (see :func:`check_remat`).
@@ -82,6 +88,9 @@ class Network(nn.Module):
     neuron_kwargs: tuple[tuple[str, Any], ...] = ()
     # Recompute each block's internals in the backward (see the module docstring).
     remat_blocks: bool = False
+    # On CPU, convolutions over at most this many pixels run as matmuls (layers.IM2COL_MAX_PIXELS;
+    # the same result up to float rounding); 0 keeps XLA's convolution everywhere.
+    im2col_max_pixels: int = IM2COL_MAX_PIXELS
 
     def _forward(
         self, x_BHWC: jax.Array, ops: LayerFactory, *, train: bool, timesteps: int
@@ -176,6 +185,7 @@ class Network(nn.Module):
             bn_axis_name=self.bn_axis_name,
             neuron_kwargs=self.neuron_kwargs,
             tap_kind=features,
+            im2col_max_pixels=self.im2col_max_pixels,
         )
         logits, features = self._forward(x_BHWC.astype(self.dtype), ops, train=train, timesteps=t)
         logits = logits.astype(jnp.float32)

@@ -37,14 +37,19 @@ import jax.numpy as jnp
 from flax.core import lift
 from flax.linen.transforms import lift_transform
 
+from htakl_jax.layers import CONV_OUTPUT
 
-def save_conv_outputs(prim: Any, *_: Any, **__: Any) -> bool:
+_save_named_conv_outputs = jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
+
+
+def save_conv_outputs(prim: Any, *_: Any, **params: Any) -> bool:
     """``jax.checkpoint`` policy: save every convolution output, recompute everything else.
 
     Convs carry almost all of a step's FLOPs, BN and the LIF scan are cheap elementwise passes, so
-    the backward then recomputes only BN and LIF from the saved conv outputs.
+    the backward then recomputes only BN and LIF from the saved conv outputs. Convolutions that run
+    as matmuls (``layers.im2col_conv``) mark their outputs with ``layers.CONV_OUTPUT``.
     """
-    return prim is jax.lax.conv_general_dilated_p
+    return prim is jax.lax.conv_general_dilated_p or _save_named_conv_outputs(prim, **params)
 
 
 def _is_float(x: Any) -> bool:
