@@ -117,7 +117,7 @@ def conv_general_dilated(
     :func:`im2col_conv` on the CPU backend for NHWC images of at most ``max_pixels`` pixels and at
     least IM2COL_MIN_CHANNELS channels (explicit padding, no dilation, one group); as XLA's
     convolution otherwise."""
-    plain = (
+    as_matmul = (
         jax.default_backend() == "cpu"
         and lhs.ndim == 4
         and lhs.shape[1] * lhs.shape[2] <= max_pixels
@@ -127,7 +127,7 @@ def conv_general_dilated(
         and lhs.shape[-1] >= IM2COL_MIN_CHANNELS
         and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
-    if plain:
+    if as_matmul:
         return im2col_conv(lhs, rhs, window_strides, padding)
     return jax.lax.conv_general_dilated(
         lhs,
