@@ -1,13 +1,13 @@
 """Benchmark the training step with small-image convolutions as matmuls against XLA's convolutions.
 
 On the CPU backend, ``Network.im2col_max_pixels`` (default ``layers.IM2COL_MAX_PIXELS``) runs every
-convolution over at most that many pixels as one matmul over im2col patches
-(``layers.im2col_conv``). This times the same training step as ``step.py`` (forward, mean-over-T
-CE, backward, SGD-momentum update; batch ``--batch`` of 32x32 images) with that setting and with
-0 (XLA's convolution everywhere), round-robin in one process, for each model and T (T = 1 is the
-ANN teacher). resnet20's last two stages (4x4 and 2x2) and vgg16's last two blocks are such
-convolutions; resnet19's smallest maps are 8x8, so its two columns time the same program (a
-control for the noise).
+convolution over at most that many pixels with at least ``layers.IM2COL_MIN_CHANNELS`` input
+channels as one matmul over im2col patches (``layers.im2col_conv``). This times the same training
+step as ``step.py`` (forward, mean-over-T CE, backward, SGD-momentum update; batch ``--batch`` of
+32x32 images) with that setting and with 0 (XLA's convolution everywhere), round-robin in one
+process, for each model and T (T = 1 is the ANN teacher). At full width resnet20's last two stages
+(4x4 and 2x2) and vgg16's last two blocks are such convolutions; resnet19's smallest maps are 8x8,
+so its two columns time the same program (a control for the noise).
 
   python benchmarks/conv.py --out conv.json
   python benchmarks/conv.py --models resnet20 --timesteps 1 2 --width-mult 0.25 --batch 8
@@ -43,8 +43,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
                     dtype=args.dtype,
                     im2col_max_pixels=pixels,
                 )
-                runners[label] = jax_runner(step, state)
-                runners[label]()  # compile
+                runners[label] = jax_runner(step, state)  # compiled by its first call
             times = time_interleaved(runners, repeats=args.repeats)
             rows.append(
                 {

@@ -209,7 +209,8 @@ class LayerFactory:
     # What stage taps record (one of TAP_KINDS for a student; an ANN records its ReLU output);
     # None: taps record nothing and the forward pass is the plain one.
     tap_kind: str | None = None
-    # Convolutions over at most this many pixels run as matmuls on CPU (IM2COL_MAX_PIXELS); 0: none.
+    # On CPU, convolutions over at most this many pixels (and >= IM2COL_MIN_CHANNELS channels) run
+    # as matmuls (`conv_general_dilated`); 0: none.
     im2col_max_pixels: int = IM2COL_MAX_PIXELS
 
     def __post_init__(self):

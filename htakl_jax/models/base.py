@@ -88,8 +88,8 @@ class Network(nn.Module):
     neuron_kwargs: tuple[tuple[str, Any], ...] = ()
     # Recompute each block's internals in the backward (see the module docstring).
     remat_blocks: bool = False
-    # On CPU, convolutions over at most this many pixels run as matmuls (layers.IM2COL_MAX_PIXELS;
-    # the same result up to float rounding); 0 keeps XLA's convolution everywhere.
+    # On CPU, convolutions over at most this many pixels with >= layers.IM2COL_MIN_CHANNELS channels
+    # run as matmuls (the same result up to float rounding); 0 keeps XLA's convolution everywhere.
     im2col_max_pixels: int = IM2COL_MAX_PIXELS
 
     def _forward(
