@@ -91,7 +91,7 @@ def test_a_phase_that_cannot_finish_in_the_budget_is_skipped(packed_file, tmp_pa
 
 def test_budget_arithmetic():
     config = reproduce.load_config(
-        type("Args", (), {"smoke": False, "data": "x.npz", "work": "/tmp/w"})()
+        type("Args", (), {"setting": "gpu", "data": "x.npz", "work": "/tmp/w"})()
     )
     # 30 epochs x 195 steps x 256 images at 14,000 images/s, plus 40 s of compiles.
     assert reproduce.prior_estimate("teacher", config, 50_000) == pytest.approx(

@@ -37,6 +37,7 @@ def test_valid_configs_pass_and_write_nothing(tmp_path):
         ("cifar.py", "cifar100,vgg16,2"),
         ("tiny_imagenet.py", "resnet20,1"),
         ("gpu_cifar10.py", "gpu"),
+        ("gpu_cifar10.py", "cpu"),
         ("gpu_cifar10.py", "smoke"),
     ]:
         config = runpy.run_path(str(ROOT / "configs" / name))["get_config"](arg)

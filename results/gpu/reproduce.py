@@ -1,7 +1,8 @@
 """The paper's CIFAR-10 ResNet-20 rows on one GPU, in one command, within a wall-time budget.
 
   bash results/gpu/run.sh PACKED_CIFAR10.npz OUT_DIR      # the GPU run (results/gpu/README.md)
-  python results/gpu/reproduce.py --data FILE --out OUT [--work DIR] [--budget-s 540] [--smoke]
+  python results/gpu/reproduce.py --data FILE --out OUT [--work DIR] [--budget-s 540]
+      [--setting gpu|cpu|smoke] [--smoke]
 
 One process (configs/gpu_cifar10.py): the full-width ResNet-20 ANN teacher on all 50,000 training
 images, then spiking students at T = 2 distilled from it with HTA-KL, FKL, CE (no KD) and, when
@@ -10,7 +11,9 @@ the students at T = 1, 2 and 4 (no checkpoint is chosen on the test split). Afte
 OUT/results.md (table), OUT/results.json (accuracies, epochs, wall time, images/s, compile time
 and pure step time per phase, library versions, device) and OUT/metrics.jsonl (every epoch of every
 phase) are rewritten, so a run cut off at the time limit still returns its finished phases.
-Checkpoints and caches stay in --work. --smoke is the CPU rehearsal (configs/gpu_cifar10.py:smoke).
+Checkpoints and caches stay in --work. --smoke (= --setting smoke) is the CPU rehearsal;
+--setting cpu is the same recipe at width 1/4 in float32 for machines without a GPU
+(configs/gpu_cifar10.py has both), with --budget-s sized to it (about 7,000 s on 2 cores).
 
 Budget (one H200; one command may run 600 s; this script starts no phase it cannot finish by
 --budget-s = 540 s after the command started). The README's GPU figures (H200, bf16, batch 64, full
@@ -61,9 +64,16 @@ ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("hta_kl", "fkl", "ce", "rkl")
 # Paper, ResNet-20 on CIFAR-10 (docs/method.md §6): teacher, HTA-KL at T = 2, and KDSNN at T = 2.
 PAPER = "teacher 95.72%, HTA-KL T = 2 93.38%, KDSNN T = 2 93.05%"
-# Budget priors (see the module docstring): training images/s and compile seconds per phase kind.
-PRIORS = {"teacher": (14_000.0, 40.0), "student": (11_600.0, 50.0)}
-PURE_STEPS = {"gpu": 20, "smoke": 2}
+# Budget priors per setting (see the module docstring): training images/s and compile seconds per
+# phase kind. The CPU ones: resnet20 at width 1/4, batch 128, float32 on a 2-core Intel Xeon
+# (benchmarks/step.py): ANN step 192 ms (667 images/s), student at T = 2 538 ms (238 images/s),
+# less host feeding and the teacher's forward pass.
+PRIORS = {
+    "gpu": {"teacher": (14_000.0, 40.0), "student": (11_600.0, 50.0)},
+    "cpu": {"teacher": (550.0, 30.0), "student": (200.0, 60.0)},
+    "smoke": {"teacher": (550.0, 30.0), "student": (200.0, 60.0)},
+}
+PURE_STEPS = {"gpu": 20, "cpu": 3, "smoke": 2}
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
 
 
@@ -79,7 +89,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--start-time", type=float, default=None, help="epoch seconds (default now)"
     )
     parser.add_argument("--methods", default=",".join(METHODS), help="students, in run order")
-    parser.add_argument("--smoke", action="store_true", help="CPU rehearsal setting")
+    parser.add_argument(
+        "--setting", choices=tuple(PRIORS), default="gpu", help="configs/gpu_cifar10.py:SETTING"
+    )
+    parser.add_argument(
+        "--smoke", action="store_const", const="smoke", dest="setting", help="--setting smoke"
+    )
     args = parser.parse_args(argv)
     args.methods = tuple(m for m in args.methods.split(",") if m)
     bad = [m for m in args.methods if m not in methods.NAMES or m == "fixed_ratio"]
@@ -87,14 +102,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--methods: unknown {bad}")
     if not Path(args.data).is_file():
         parser.error(f"--data {args.data} is not a file")
-    if not args.smoke and jax.default_backend() == "cpu":
-        parser.error("no GPU: JAX runs on the CPU (--smoke is the CPU rehearsal)")
+    if args.setting == "gpu" and jax.default_backend() == "cpu":
+        parser.error("no GPU: JAX runs on the CPU (--setting cpu or --smoke run there)")
     return args
 
 
 def load_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     get_config = runpy.run_path(str(ROOT / "configs" / "gpu_cifar10.py"))["get_config"]
-    config = get_config("smoke" if args.smoke else "gpu")
+    config = get_config(args.setting)
     config.data.data_dir = str(Path(args.data).resolve())
     config.data.cache_dir = str(Path(args.work) / "data_cache")
     return config
@@ -142,9 +157,11 @@ class Budget:
         return self.elapsed() + estimate_s <= self.total_s
 
 
-def prior_estimate(kind: str, config: ml_collections.ConfigDict, num_train: int) -> float:
-    """Seconds a phase should take by the figures in the module docstring."""
-    rate, compile_s = PRIORS[kind]
+def prior_estimate(
+    kind: str, config: ml_collections.ConfigDict, num_train: int, setting: str = "gpu"
+) -> float:
+    """Seconds a phase should take by the setting's figures (PRIORS, the module docstring)."""
+    rate, compile_s = PRIORS[setting][kind]
     images = config[kind].epochs * (num_train // config[kind].batch_size) * config[kind].batch_size
     return compile_s + images / rate
 
@@ -287,9 +304,11 @@ def _skipped(name: str, estimate_s: float, budget: Budget) -> dict[str, Any]:
     return {"name": name, "status": status}
 
 
-def run_teacher(program, config, work: Path, budget: Budget, *, info, pure_steps, **data_args):
+def run_teacher(
+    program, config, work: Path, budget: Budget, *, info, pure_steps, setting, **data_args
+):
     """Trains the teacher; returns (phase record, metrics records, its variables or None)."""
-    estimate = prior_estimate("teacher", config, len(data_args["train_ds"]))
+    estimate = prior_estimate("teacher", config, len(data_args["train_ds"]), setting)
     if not budget.fits(estimate):
         return _skipped("teacher", estimate, budget), [], None
     start = time.perf_counter()
@@ -325,13 +344,14 @@ def run_student(
     estimate_s,
     info,
     pure_steps,
+    setting,
     **data_args,
 ):
     """Distils one student from the teacher and evaluates it at config.eval.timesteps; returns
     (phase record, metrics records)."""
     cfg = student_config(config, method, Path(runs.phase_dir(str(work / "teacher"), "teacher")))
     mesh, train_ds = data_args["mesh"], data_args["train_ds"]
-    estimate = estimate_s or prior_estimate("student", cfg, len(train_ds))
+    estimate = estimate_s or prior_estimate("student", cfg, len(train_ds), setting)
     if not budget.fits(estimate):
         return _skipped(method, estimate, budget), []
     program = steps.phase_program("student", cfg, mesh=mesh, info=info, num_train=len(train_ds))
@@ -391,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_s": time.perf_counter() - start,
     }
     kw = dict(mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info)
-    kw["pure_steps"] = PURE_STEPS["smoke" if args.smoke else "gpu"]
+    kw |= dict(pure_steps=PURE_STEPS[args.setting], setting=args.setting)
     teacher = steps.phase_program("teacher", config, mesh=mesh, info=info, num_train=len(train_ds))
     phase, metrics, teacher_variables = run_teacher(teacher, config, work / "teacher", budget, **kw)
     record["phases"].append(phase)
