@@ -101,6 +101,25 @@ def test_budget_arithmetic():
     assert budget.fits(400) and not budget.fits(450)
 
 
+def test_settings_on_a_cpu_backend(packed_file, capsys):
+    base = ["--data", str(packed_file), "--out", "/tmp/unused"]
+    if reproduce.jax.default_backend() == "cpu":
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(base)  # the GPU setting refuses JAX on the CPU
+        assert "no GPU" in capsys.readouterr().err
+    assert reproduce.parse_args([*base, "--smoke"]).setting == "smoke"
+    args = reproduce.parse_args([*base, "--setting", "cpu"])
+    config = reproduce.load_config(args)
+    assert (config.model.width_mult, config.model.dtype) == (0.25, "float32")
+    gpu = reproduce.load_config(type("Args", (), {"setting": "gpu", "data": "x", "work": "/w"})())
+    # the CPU setting differs from the GPU run only in width, precision and epochs
+    for key in ("teacher", "student"):
+        assert config[key].batch_size == gpu[key].batch_size and config[key].lr == gpu[key].lr
+    assert reproduce.prior_estimate("teacher", config, 50_000, "cpu") == pytest.approx(
+        30 + 20 * 195 * 256 / 550
+    )
+
+
 def test_phase_timing_excludes_the_compiling_first_epoch():
     records = [{"epoch_time_s": t} for t in (30.0, 2.0, 2.2, 1.9)]
     timing = reproduce.phase_timing(records, steps_per_epoch=100, batch_size=256)
