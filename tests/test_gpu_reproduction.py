@@ -51,7 +51,9 @@ def packed_file(tmp_path_factory) -> Path:
 def _run(packed_file: Path, out: Path, work: Path, *flags: str) -> subprocess.CompletedProcess:
     command = ["bash", "results/gpu/run.sh", str(packed_file), str(out), "--smoke"]
     command += ["--work", str(work), *flags]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # run.sh calls python3: this interpreter's, also when its venv is not activated.
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
 @pytest.mark.slow
