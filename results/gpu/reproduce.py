@@ -68,10 +68,11 @@ PAPER = "teacher 95.72%, HTA-KL T = 2 93.38%, KDSNN T = 2 93.05%"
 # phase kind. The CPU ones: resnet20 at width 1/4, batch 128, float32 on a 2-core Intel Xeon
 # (benchmarks/step.py): ANN step 192 ms (667 images/s), student at T = 2 538 ms (238 images/s),
 # less host feeding and the teacher's forward pass.
+_CPU_PRIORS = {"teacher": (550.0, 30.0), "student": (200.0, 60.0)}
 PRIORS = {
     "gpu": {"teacher": (14_000.0, 40.0), "student": (11_600.0, 50.0)},
-    "cpu": {"teacher": (550.0, 30.0), "student": (200.0, 60.0)},
-    "smoke": {"teacher": (550.0, 30.0), "student": (200.0, 60.0)},
+    "cpu": _CPU_PRIORS,
+    "smoke": _CPU_PRIORS,
 }
 PURE_STEPS = {"gpu": 20, "cpu": 3, "smoke": 2}
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
