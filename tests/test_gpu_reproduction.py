@@ -91,6 +91,53 @@ def test_a_phase_that_cannot_finish_in_the_budget_is_skipped(packed_file, tmp_pa
     assert not (tmp_path / "work" / "teacher").exists()
 
 
+def test_a_student_with_a_non_finite_loss_is_recorded_as_failed_and_the_next_one_runs(
+    packed_file, tmp_path, monkeypatch
+):
+    """The control flow around the phases (the phases themselves are stubs here: the smoke run
+    above trains them; FloatingPointError itself is raised by metrics.StepMetrics)."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    monkeypatch.setattr(reproduce.jax.config, "update", lambda *args: None)  # no cache dir
+    teacher_phase = {"name": "teacher", "status": "done", "accuracy": {"ann": 0.5}}
+
+    def fake_teacher(*args, **kwargs):
+        return teacher_phase | _timing(), [{"epoch": 1, "phase": "teacher"}], {"params": {}}
+
+    def fake_student(method, config, work, budget, **kwargs):
+        if method == "hta_kl":  # one epoch finished, then the loss became NaN
+            phase_dir = Path(reproduce.runs.phase_dir(str(work / method), "student"))
+            phase_dir.mkdir(parents=True)
+            (phase_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+            raise FloatingPointError("non-finite loss nan at training step 12 (epoch 2)")
+        accuracy = {"1": 0.3, "2": 0.4, "4": 0.4}
+        phase = {"name": method, "status": "done", "accuracy": accuracy} | _timing()
+        return phase, [{"epoch": 1, "phase": "student", "method": method}]
+
+    monkeypatch.setattr(reproduce, "run_teacher", fake_teacher)
+    monkeypatch.setattr(reproduce, "run_student", fake_student)
+    argv = ["--data", str(packed_file), "--out", str(out), "--work", str(work), "--smoke"]
+    assert reproduce.main([*argv, "--methods", "hta_kl,fkl,ce"]) == 1
+    record = json.loads((out / "results.json").read_text())
+    statuses = {p["name"]: p["status"] for p in record["phases"]}
+    assert statuses["hta_kl"] == "failed: non-finite loss nan at training step 12 (epoch 2)"
+    assert statuses == statuses | {"teacher": "done", "fkl": "done", "ce": "done"}
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m.get("method", m["phase"]) for m in metrics] == ["teacher", "hta_kl", "fkl", "ce"]
+    assert metrics[1] == {"epoch": 1, "phase": "student", "method": "hta_kl"}
+    assert "| HTA-KL | - | failed: non-finite loss nan" in (out / "results.md").read_text()
+    # Without failures the status is 0.
+    assert reproduce.main([*argv, "--methods", "fkl"]) == 0
+
+
+def _timing() -> dict[str, float]:
+    return {
+        "epochs_run": 1,
+        "wall_s": 1.0,
+        "train_images_per_s": 10.0,
+        "step_in_epoch_over_pure": 1.0,
+    }
+
+
 def test_budget_arithmetic():
     config = reproduce.load_config(
         type("Args", (), {"setting": "gpu", "data": "x.npz", "work": "/tmp/w"})()

@@ -10,7 +10,9 @@ the budget allows, RKL. Each model is evaluated after its last epoch on the 10,0
 the students at T = 1, 2 and 4 (no checkpoint is chosen on the test split). After every phase
 OUT/results.md (table), OUT/results.json (accuracies, epochs, wall time, images/s, compile time
 and pure step time per phase, library versions, device) and OUT/metrics.jsonl (every epoch of every
-phase) are rewritten, so a run cut off at the time limit still returns its finished phases.
+phase) are rewritten, so a run cut off at the time limit still returns its finished phases. A
+phase ended by a non-finite loss is recorded as failed, with the metrics of its finished epochs,
+and the next student still runs (a failed teacher ends the run); the exit status is then 1.
 Checkpoints and caches stay in --work. --smoke (= --setting smoke) is the CPU rehearsal;
 --setting cpu is the same recipe at width 1/4 in float32 for machines without a GPU
 (configs/gpu_cifar10.py has both), with --budget-s sized to it (about 7,000 s on 2 cores).
@@ -305,6 +307,18 @@ def _skipped(name: str, estimate_s: float, budget: Budget) -> dict[str, Any]:
     return {"name": name, "status": status}
 
 
+def _failed(
+    error: FloatingPointError, budget: Budget, workdir: Path, phase: str, tags: dict[str, str]
+) -> tuple[dict[str, Any], list[dict]]:
+    """(record, metrics of its finished epochs) of a phase ended by a non-finite loss; its last
+    good checkpoint is kept in `workdir`."""
+    name = tags.get("method", phase)
+    logging.error("%s failed at %.0f s: %s", name, budget.elapsed(), error)
+    path = Path(runs.phase_dir(str(workdir), phase)) / metrics_lib.METRICS_FILE
+    records = metrics_lib.read_metrics(path) if path.exists() else []
+    return {"name": name, "status": f"failed: {error}"}, [r | tags for r in records]
+
+
 def run_teacher(
     program, config, work: Path, budget: Budget, *, info, pure_steps, setting, **data_args
 ):
@@ -386,6 +400,26 @@ def run_student(
     return phase | timing, [r | {"phase": "student", "method": method} for r in records]
 
 
+def load_data(config: ml_collections.ConfigDict, record: dict[str, Any]):
+    """(train set, test set, DatasetInfo); their sizes and the decode time go into `record`."""
+    start = time.perf_counter()
+    train_ds, eval_ds, info = runs.load_data(config)
+    record["data"] = {
+        "file": config.data.data_dir,
+        "train_images": len(train_ds),
+        "test_images": len(eval_ds),
+        "load_s": time.perf_counter() - start,
+    }
+    return train_ds, eval_ds, info
+
+
+def add_phase(out: Path, record: dict, metrics: list[dict], phase: dict, budget: Budget) -> None:
+    """Appends a finished (or skipped, or failed) phase and rewrites the outputs at once."""
+    record["phases"].append(phase)
+    record["elapsed_s"] = budget.elapsed()
+    write_outputs(out, record, metrics)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.use_absl_handler()
@@ -403,40 +437,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phases": [],
     }
     mesh = parallel.make_mesh()
-    start = time.perf_counter()
-    train_ds, eval_ds, info = runs.load_data(config)
-    record["data"] = {
-        "file": config.data.data_dir,
-        "train_images": len(train_ds),
-        "test_images": len(eval_ds),
-        "load_s": time.perf_counter() - start,
-    }
+    train_ds, eval_ds, info = load_data(config, record)
     kw = dict(mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info)
     kw |= dict(pure_steps=PURE_STEPS[args.setting], setting=args.setting)
     teacher = steps.phase_program("teacher", config, mesh=mesh, info=info, num_train=len(train_ds))
-    phase, metrics, teacher_variables = run_teacher(teacher, config, work / "teacher", budget, **kw)
-    record["phases"].append(phase)
-    record["elapsed_s"] = budget.elapsed()
-    write_outputs(out, record, metrics)
+    try:
+        phase, metrics, teacher_variables = run_teacher(
+            teacher, config, work / "teacher", budget, **kw
+        )
+    except FloatingPointError as e:
+        phase, metrics = _failed(e, budget, work / "teacher", "teacher", {"phase": "teacher"})
+        teacher_variables = None
+    add_phase(out, record, metrics, phase, budget)
     last_student_s = None
     for method in args.methods if teacher_variables is not None else ():
-        phase, records = run_student(
-            method,
-            config,
-            work,
-            budget,
-            teacher=teacher,
-            teacher_variables=teacher_variables,
-            estimate_s=last_student_s,
-            **kw,
-        )
+        try:
+            phase, records = run_student(
+                method,
+                config,
+                work,
+                budget,
+                teacher=teacher,
+                teacher_variables=teacher_variables,
+                estimate_s=last_student_s,
+                **kw,
+            )
+        except FloatingPointError as e:  # the next method may still train: go on
+            tags = {"phase": "student", "method": method}
+            phase, records = _failed(e, budget, work / method, "student", tags)
         last_student_s = phase.get("wall_s", last_student_s)
-        record["phases"].append(phase)
-        record["elapsed_s"] = budget.elapsed()
         metrics += records
-        write_outputs(out, record, metrics)
+        add_phase(out, record, metrics, phase, budget)
     print(results_table(record))
-    return 0
+    # Every finished phase is written above; the exit status still tells a failure.
+    return int(any(p["status"].startswith("failed") for p in record["phases"]))
 
 
 if __name__ == "__main__":
