@@ -71,6 +71,14 @@ def test_smoke_run_writes_every_output(packed_file, tmp_path):
         assert set(phases[method]["accuracy"]) == {"1", "2", "4"}
         assert phases[method]["teacher_accuracy"] == phases["teacher"]["accuracy"]["ann"]
         assert phases[method]["pure_step_ms"] > 0 and phases[method]["train_images_per_s"] > 0
+        spikes = phases[method]["spikes"]  # firing rates and energy, as the budget allowed
+        assert spikes["status"] == "done" and spikes["images"] == 80 and spikes["timesteps"] == 2
+        assert 0.0 < spikes["firing_rate"] < 1.0 and 0.0 < spikes["pre_classifier_rate"] < 1.0
+        # Same topology: the student's dense-equivalent operations are T x the teacher's MACs.
+        assert spikes["ops"] == pytest.approx(2 * spikes["teacher_ops"], rel=1e-6)
+        assert 0.0 < spikes["acs"] < spikes["ops"] and 0.0 < spikes["macs"] < spikes["ops"]
+        pj = 0.9 * spikes["acs"] + 4.6 * spikes["macs"]  # the 45 nm model (SPEC §5)
+        assert spikes["energy_mj"] == pytest.approx(pj * 1e-9, rel=1e-6)
     assert record["data"] == record["data"] | {"train_images": 320, "test_images": 80}
     assert record["environment"]["versions"]["jax"] and record["environment"]["devices"]
     assert record["config"]["model"]["dtype"] == "bfloat16"
@@ -79,6 +87,8 @@ def test_smoke_run_writes_every_output(packed_file, tmp_path):
     table = (out / "results.md").read_text()
     assert "| Teacher ANN | 1 |" in table and "| HTA-KL | 1 | - |" in table
     assert "teacher epoch 1/1" in (out / "log.txt").read_text()
+    assert "| Model | Firing rate (%) |" in table
+    assert table.count("| CE (no KD) |") == 2  # a row in each table
 
 
 def test_a_phase_that_cannot_finish_in_the_budget_is_skipped(packed_file, tmp_path):
@@ -113,8 +123,15 @@ def test_a_student_with_a_non_finite_loss_is_recorded_as_failed_and_the_next_one
         phase = {"name": method, "status": "done", "accuracy": accuracy} | _timing()
         return phase, [{"epoch": 1, "phase": "student", "method": method}]
 
+    measured = []
+
+    def fake_spike_energy(config, student_dir, eval_ds, info):
+        measured.append(student_dir.parent.name)
+        return _spikes()
+
     monkeypatch.setattr(reproduce, "run_teacher", fake_teacher)
     monkeypatch.setattr(reproduce, "run_student", fake_student)
+    monkeypatch.setattr(reproduce, "spike_energy", fake_spike_energy)
     argv = ["--data", str(packed_file), "--out", str(out), "--work", str(work), "--smoke"]
     assert reproduce.main([*argv, "--methods", "hta_kl,fkl,ce"]) == 1
     record = json.loads((out / "results.json").read_text())
@@ -125,8 +142,46 @@ def test_a_student_with_a_non_finite_loss_is_recorded_as_failed_and_the_next_one
     assert [m.get("method", m["phase"]) for m in metrics] == ["teacher", "hta_kl", "fkl", "ce"]
     assert metrics[1] == {"epoch": 1, "phase": "student", "method": "hta_kl"}
     assert "| HTA-KL | - | failed: non-finite loss nan" in (out / "results.md").read_text()
+    assert measured == ["fkl", "ce"]  # the finished students only
+    assert "| FKL | 20.00 | 10.00 | 3.0 | 1.00 | 0.0073 |" in (out / "results.md").read_text()
     # Without failures the status is 0.
     assert reproduce.main([*argv, "--methods", "fkl"]) == 0
+
+
+def test_spike_measurements_stop_when_the_budget_cannot_fit_one(tmp_path, monkeypatch):
+    class Clock(reproduce.Budget):
+        now = 100.0  # seconds since the start, of a 135 s budget
+
+        def elapsed(self) -> float:
+            return self.now
+
+    budget = Clock(0.0, 135.0)
+
+    def fake_spike_energy(*args):
+        budget.now += 20.0  # each measurement takes 20 s
+        return _spikes()
+
+    monkeypatch.setattr(reproduce, "spike_energy", fake_spike_energy)
+    monkeypatch.setattr(reproduce, "write_outputs", lambda *args: None)
+    phases = [{"name": "teacher", "status": "done"}, {"name": "ce", "status": "skipped: ~9 s"}]
+    phases += [{"name": m, "status": "done"} for m in ("hta_kl", "fkl")]
+    spike_args = dict(setting="gpu", eval_ds=None, info=None)
+    reproduce.add_spike_energy(
+        tmp_path, {"phases": phases}, [], None, tmp_path, budget, **spike_args
+    )
+    # 35 s left: the 30 s prior fits; then the measured 20 s does not fit into the 15 s left.
+    assert phases[2]["spikes"] == {"status": "done", **_spikes(), "seconds": 20.0}
+    assert phases[3]["spikes"]["status"] == (
+        "skipped: ~20 s would end at 140 s, after the 135 s budget"
+    )
+    assert "spikes" not in phases[0] and "spikes" not in phases[1]
+
+
+def _spikes() -> dict[str, float]:
+    """A `spike_energy` record."""
+    rates = dict(firing_rate=0.2, pre_classifier_rate=0.1, images=80, timesteps=2)
+    ops = dict(ops=4e6, acs=3e6, macs=1e6, energy_mj=0.0073, teacher_ops=2e6)
+    return rates | ops | {"teacher_energy_mj": 0.0092}
 
 
 def _timing() -> dict[str, float]:

@@ -75,16 +75,17 @@ class RunAnalysis:
 
 
 def eval_subset(
-    run: runs.TrainedRun, num_examples: int, *, seed: int = 0
+    images: np.ndarray, labels: np.ndarray, info: Any, num_examples: int, *, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random subset (sorted indices from ``seed``) of the eval split: normalised float32
-    images ``[n, H, W, 3]`` and labels ``[n]``; ``n = min(num_examples, split size)``."""
+    """A fixed random subset (sorted indices from ``seed``) of an eval split (uint8 ``images``
+    [N, H, W, 3], ``labels`` [N]; ``info`` its DatasetInfo): normalised float32 images
+    ``[n, H, W, 3]`` and labels ``[n]``; ``n = min(num_examples, N)``."""
     if num_examples < 1:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    n_all = len(run.eval_labels)
+    n_all = len(labels)
     idx = np.sort(np.random.default_rng(seed).permutation(n_all)[: min(num_examples, n_all)])
-    x = data_lib.normalize(run.eval_images[idx], tuple(run.info.mean), tuple(run.info.std))
-    return np.asarray(x), np.asarray(run.eval_labels[idx])
+    x = data_lib.normalize(images[idx], tuple(info.mean), tuple(info.std))
+    return np.asarray(x), np.asarray(labels[idx])
 
 
 def energy_summary(estimate: EnergyEstimate) -> dict[str, Any]:
@@ -156,7 +157,9 @@ def analyze(
     teacher on ``num_examples`` eval images (`eval_subset` with ``seed``), and the penultimate
     features of both on the first ``tsne_examples`` of them; the endpoints (`run_endpoints`) on
     the whole eval split."""
-    images, labels = eval_subset(run, num_examples, seed=seed)
+    images, labels = eval_subset(
+        run.eval_images, run.eval_labels, run.info, num_examples, seed=seed
+    )
     t = int(timesteps or run.config.student.timesteps)
     stats = spike_stats(
         run.student, run.student_variables, images, timesteps=t, batch_size=batch_size

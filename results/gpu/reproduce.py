@@ -27,6 +27,8 @@ student work plus the teacher's forward pass, about a third of an ANN step) abou
   teacher:  compile ~40 s + 30 epochs x 50,000 images / 14,000 images/s          ~147 s
   students: compile ~50 s + 15 epochs x 50,000 images / 11,600 images/s          ~115 s each
   total:    25 + 147 + 3 x 115 (HTA-KL, FKL, CE)                                 ~517 s
+After the students, while the budget allows (prior ~30 s, then the measured time): each
+student's firing rates and per-image ACs, MACs and energy on 1,000 test images (`spike_energy`).
 RKL, fourth, runs only if the phases before it leave room: before each phase the script estimates
 its duration from the last finished student (or, before there is one, from the figures above) and
 skips it if it would end after the budget. Compiles are shared through JAX's persistent cache.
@@ -59,8 +61,9 @@ import numpy as np
 from absl import logging
 
 from htakl_jax import checkpoint, evaluate, methods, parallel, runs, steps, train
+from htakl_jax import energy as energy_lib
 from htakl_jax import metrics as metrics_lib
-from htakl_jax.analysis import tables
+from htakl_jax.analysis import report, spike_stats, tables
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("hta_kl", "fkl", "ce", "rkl")
@@ -77,6 +80,10 @@ PRIORS = {
     "smoke": _CPU_PRIORS,
 }
 PURE_STEPS = {"gpu": 20, "cpu": 3, "smoke": 2}
+# Firing rates and energy (`spike_energy`) on this many test images, after the students, and its
+# prior duration in seconds (restore, one compile, the forward passes) before one was measured.
+SPIKE_IMAGES = 1000
+SPIKE_PRIOR_S = {"gpu": 30.0, "cpu": 60.0, "smoke": 30.0}
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
 
 
@@ -274,13 +281,39 @@ def results_table(record: dict[str, Any]) -> str:
             + f" | {p['step_in_epoch_over_pure']:.2f} |"
         )
     env = record["environment"]
-    lines += [
+    lines += spikes_table(record) + [
         "",
         f"Paper (ResNet-20, CIFAR-10): {PAPER}. Device: {', '.join(env['devices'])}; "
         f"{record['elapsed_s']:.0f} s of a {record['budget_s']:.0f} s budget; commit "
         f"{env['commit'] or 'unknown'}; JAX {env['versions']['jax']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def spikes_table(record: dict[str, Any]) -> list[str]:
+    """Markdown lines (each starting with an empty one): the students' firing rates and energy
+    per image, where `add_spike_energy` measured them."""
+    rows = [p for p in record["phases"] if p.get("spikes", {}).get("status") == "done"]
+    if not rows:
+        return []
+    first = rows[0]["spikes"]
+    lines = [
+        "",
+        f"Firing rates and energy per image ({first['images']} test images, T = "
+        f"{first['timesteps']}; 0.9 pJ per AC, 4.6 pJ per MAC; the ANN teacher "
+        f"{first['teacher_energy_mj']:.4f} mJ, {first['teacher_ops'] / 1e6:.1f} M MACs):",
+        "",
+        "| Model | Firing rate (%) | Before classifier (%) | ACs (M) | MACs (M) | Energy (mJ) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in rows:
+        x = p["spikes"]
+        lines.append(
+            f"| {tables.method_label(p['name'])} | {100 * x['firing_rate']:.2f} | "
+            f"{100 * x['pre_classifier_rate']:.2f} | {x['acs'] / 1e6:.1f} | "
+            f"{x['macs'] / 1e6:.2f} | {x['energy_mj']:.4f} |"
+        )
+    return lines
 
 
 def write_outputs(out: Path, record: dict[str, Any], metrics: list[dict]) -> None:
@@ -420,6 +453,70 @@ def add_phase(out: Path, record: dict, metrics: list[dict], phase: dict, budget:
     write_outputs(out, record, metrics)
 
 
+def spike_energy(
+    config: ml_collections.ConfigDict, phase_dir: Path, eval_ds: runs.Dataset, info: Any
+) -> dict[str, Any]:
+    """Firing rates and per-image ACs, MACs and energy (45 nm model, `htakl_jax.energy`) of the
+    student checkpoint in `phase_dir` at its trained T on SPIKE_IMAGES test images (a fixed
+    random subset), with the ANN teacher's energy beside it; on one device."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    build = dict(num_classes=info.num_classes, bn_axis_name=None)
+    student = runs.build_model(config, spiking=True, **build)
+    variables, _, _ = runs.restore_for_eval(
+        str(phase_dir), student, config, info, mesh, spiking=True
+    )
+    images, _ = report.eval_subset(eval_ds.images, eval_ds.labels, info, SPIKE_IMAGES)
+    t = int(config.student.timesteps)
+    batch = min(config.eval.batch_size, len(images))
+    stats = spike_stats(student, variables, images, timesteps=t, batch_size=batch)
+    ours = energy_lib.estimate_energy(stats.layers, stats.input_rates(), t)
+    shape = tuple(images.shape[1:])
+    teacher_model = runs.build_model(config, spiking=False, **build)
+    teacher = energy_lib.estimate_energy(energy_lib.count_macs(teacher_model, shape), {}, 1)
+    return {
+        "images": stats.num_examples,
+        "timesteps": t,
+        "firing_rate": stats.overall_rate,
+        "pre_classifier_rate": stats.pre_classifier_rate,
+        "layer_rates": stats.layer_rates(),
+        "ops": ours.ops,
+        "acs": ours.acs,
+        "macs": ours.macs,
+        "energy_mj": ours.energy_mj,
+        "teacher_ops": teacher.ops,
+        "teacher_energy_mj": teacher.energy_mj,
+    }
+
+
+def add_spike_energy(
+    out: Path,
+    record: dict,
+    metrics: list[dict],
+    config: ml_collections.ConfigDict,
+    work: Path,
+    budget: Budget,
+    *,
+    setting: str,
+    eval_ds: runs.Dataset,
+    info: Any,
+) -> None:
+    """`spike_energy` of each finished student, in run order, while the budget fits one more;
+    recorded in its phase as "spikes" (with "status": done, or why it was not measured)."""
+    estimate = SPIKE_PRIOR_S[setting]
+    for phase in record["phases"][1:]:
+        if phase["status"] != "done":
+            continue
+        if not budget.fits(estimate):
+            phase["spikes"] = {"status": _skipped("spikes", estimate, budget)["status"]}
+        else:
+            start = budget.elapsed()
+            student_dir = Path(runs.phase_dir(str(work / phase["name"]), "student"))
+            phase["spikes"] = {"status": "done"} | spike_energy(config, student_dir, eval_ds, info)
+            estimate = phase["spikes"]["seconds"] = budget.elapsed() - start
+        record["elapsed_s"] = budget.elapsed()
+        write_outputs(out, record, metrics)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.use_absl_handler()
@@ -468,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         last_student_s = phase.get("wall_s", last_student_s)
         metrics += records
         add_phase(out, record, metrics, phase, budget)
+    spike_args = dict(setting=args.setting, eval_ds=eval_ds, info=info)
+    add_spike_energy(out, record, metrics, config, work, budget, **spike_args)
     print(results_table(record))
     # Every finished phase is written above; the exit status still tells a failure.
     return int(any(p["status"].startswith("failed") for p in record["phases"]))
