@@ -332,12 +332,15 @@ def write_outputs(out: Path, record: dict[str, Any], metrics: list[dict]) -> Non
 # ----------------------------------------------------------------------------- phases
 
 
-def _skipped(name: str, estimate_s: float, budget: Budget) -> dict[str, Any]:
-    status = (
+def _skip_reason(estimate_s: float, budget: Budget) -> str:
+    return (
         f"skipped: ~{estimate_s:.0f} s would end at {budget.elapsed() + estimate_s:.0f} s, "
         f"after the {budget.total_s:.0f} s budget"
     )
-    return {"name": name, "status": status}
+
+
+def _skipped(name: str, estimate_s: float, budget: Budget) -> dict[str, Any]:
+    return {"name": name, "status": _skip_reason(estimate_s, budget)}
 
 
 def _failed(
@@ -503,11 +506,11 @@ def add_spike_energy(
     """`spike_energy` of each finished student, in run order, while the budget fits one more;
     recorded in its phase as "spikes" (with "status": done, or why it was not measured)."""
     estimate = SPIKE_PRIOR_S[setting]
-    for phase in record["phases"][1:]:
-        if phase["status"] != "done":
+    for phase in record["phases"]:
+        if phase["name"] == "teacher" or phase["status"] != "done":
             continue
         if not budget.fits(estimate):
-            phase["spikes"] = {"status": _skipped("spikes", estimate, budget)["status"]}
+            phase["spikes"] = {"status": _skip_reason(estimate, budget)}
         else:
             start = budget.elapsed()
             student_dir = Path(runs.phase_dir(str(work / phase["name"]), "student"))
