@@ -46,6 +46,7 @@ __all__ = [
     "read_summary",
     "run_endpoints",
     "eval_subset",
+    "image_subset",
     "training_records",
     "write_analysis",
     "write_training_curves",
@@ -74,10 +75,10 @@ class RunAnalysis:
         return f"{tables.arm_label(self.summary)} T={self.stats.timesteps}"
 
 
-def eval_subset(
+def image_subset(
     images: np.ndarray, labels: np.ndarray, info: Any, num_examples: int, *, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random subset (sorted indices from ``seed``) of an eval split (uint8 ``images``
+    """A fixed random subset (sorted indices from ``seed``) of a split (uint8 ``images``
     [N, H, W, 3], ``labels`` [N]; ``info`` its DatasetInfo): normalised float32 images
     ``[n, H, W, 3]`` and labels ``[n]``; ``n = min(num_examples, N)``."""
     if num_examples < 1:
@@ -86,6 +87,13 @@ def eval_subset(
     idx = np.sort(np.random.default_rng(seed).permutation(n_all)[: min(num_examples, n_all)])
     x = data_lib.normalize(images[idx], tuple(info.mean), tuple(info.std))
     return np.asarray(x), np.asarray(labels[idx])
+
+
+def eval_subset(
+    run: runs.TrainedRun, num_examples: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`image_subset` of a restored run's eval split."""
+    return image_subset(run.eval_images, run.eval_labels, run.info, num_examples, seed=seed)
 
 
 def energy_summary(estimate: EnergyEstimate) -> dict[str, Any]:
@@ -157,9 +165,7 @@ def analyze(
     teacher on ``num_examples`` eval images (`eval_subset` with ``seed``), and the penultimate
     features of both on the first ``tsne_examples`` of them; the endpoints (`run_endpoints`) on
     the whole eval split."""
-    images, labels = eval_subset(
-        run.eval_images, run.eval_labels, run.info, num_examples, seed=seed
-    )
+    images, labels = eval_subset(run, num_examples, seed=seed)
     t = int(timesteps or run.config.student.timesteps)
     stats = spike_stats(
         run.student, run.student_variables, images, timesteps=t, batch_size=batch_size

@@ -468,7 +468,7 @@ def spike_energy(
     variables, _, _ = runs.restore_for_eval(
         str(phase_dir), student, config, info, mesh, spiking=True
     )
-    images, _ = report.eval_subset(eval_ds.images, eval_ds.labels, info, SPIKE_IMAGES)
+    images, _ = report.image_subset(eval_ds.images, eval_ds.labels, info, SPIKE_IMAGES)
     t = int(config.student.timesteps)
     batch = min(config.eval.batch_size, len(images))
     stats = spike_stats(student, variables, images, timesteps=t, batch_size=batch)
