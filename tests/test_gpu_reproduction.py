@@ -87,7 +87,7 @@ def test_smoke_run_writes_every_output(packed_file, tmp_path):
     table = (out / "results.md").read_text()
     assert "| Teacher ANN | 1 |" in table and "| HTA-KL | 1 | - |" in table
     assert "teacher epoch 1/1" in (out / "log.txt").read_text()
-    assert "| Model | Firing rate (%) |" in table
+    assert "| Method | Architecture | Firing Rate | OPs | ACs | MACs | Energy |" in table
     assert table.count("| CE (no KD) |") == 2  # a row in each table
 
 
@@ -143,7 +143,10 @@ def test_a_student_with_a_non_finite_loss_is_recorded_as_failed_and_the_next_one
     assert metrics[1] == {"epoch": 1, "phase": "student", "method": "hta_kl"}
     assert "| HTA-KL | - | failed: non-finite loss nan" in (out / "results.md").read_text()
     assert measured == ["fkl", "ce"]  # the finished students only
-    assert "| FKL | 20.00 | 10.00 | 3.0 | 1.00 | 0.0073 |" in (out / "results.md").read_text()
+    assert (
+        "| FKL | resnet20 T=2 | 10.00% | 4.00M | 3.00M | 1.00M | 0.0073mJ |"
+        in (out / "results.md").read_text()
+    )
     # Without failures the status is 0.
     assert reproduce.main([*argv, "--methods", "fkl"]) == 0
 
@@ -180,8 +183,9 @@ def test_spike_measurements_stop_when_the_budget_cannot_fit_one(tmp_path, monkey
 def _spikes() -> dict[str, float]:
     """A `spike_energy` record."""
     rates = dict(firing_rate=0.2, pre_classifier_rate=0.1, images=80, timesteps=2)
-    ops = dict(ops=4e6, acs=3e6, macs=1e6, energy_mj=0.0073, teacher_ops=2e6)
-    return rates | ops | {"teacher_energy_mj": 0.0092}
+    ops = dict(ops=4e6, acs=3e6, macs=1e6, energy_mj=0.0073)
+    teacher = dict(teacher_ops=2e6, teacher_acs=0.0, teacher_macs=2e6, teacher_energy_mj=0.0092)
+    return rates | ops | teacher
 
 
 def _timing() -> dict[str, float]:

@@ -45,6 +45,7 @@ __all__ = [
     "energy_summary",
     "read_summary",
     "run_endpoints",
+    "spikes_and_energy",
     "eval_subset",
     "image_subset",
     "training_records",
@@ -150,6 +151,28 @@ def read_summary(path: str | os.PathLike) -> dict[str, Any] | None:
     return summary
 
 
+def spikes_and_energy(
+    student: Any,
+    student_variables: Any,
+    teacher: Any,
+    images_NHWC: np.ndarray,
+    *,
+    timesteps: int,
+    batch_size: int = 256,
+    e_ac_pj: float = E_AC_PJ,
+    e_mac_pj: float = E_MAC_PJ,
+) -> tuple[SpikeStats, EnergyEstimate, EnergyEstimate]:
+    """The spiking `student`'s counts on normalised `images_NHWC` at `timesteps`, and the
+    per-image operations and energy of student and ANN `teacher` (Flax modules)."""
+    stats = spike_stats(
+        student, student_variables, images_NHWC, timesteps=timesteps, batch_size=batch_size
+    )
+    energy = dict(e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
+    student_energy = estimate_energy(stats.layers, stats.input_rates(), timesteps, **energy)
+    teacher_records = count_macs(teacher, tuple(images_NHWC.shape[1:]))
+    return stats, student_energy, estimate_energy(teacher_records, {}, 1, **energy)
+
+
 def analyze(
     run: runs.TrainedRun,
     *,
@@ -167,13 +190,16 @@ def analyze(
     the whole eval split."""
     images, labels = eval_subset(run, num_examples, seed=seed)
     t = int(timesteps or run.config.student.timesteps)
-    stats = spike_stats(
-        run.student, run.student_variables, images, timesteps=t, batch_size=batch_size
+    stats, student_energy, teacher_energy = spikes_and_energy(
+        run.student,
+        run.student_variables,
+        run.teacher,
+        images,
+        timesteps=t,
+        batch_size=batch_size,
+        e_ac_pj=e_ac_pj,
+        e_mac_pj=e_mac_pj,
     )
-    energy = dict(e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
-    student_energy = estimate_energy(stats.layers, stats.input_rates(), t, **energy)
-    teacher_records = count_macs(run.teacher, tuple(images.shape[1:]))
-    teacher_energy = estimate_energy(teacher_records, {}, 1, **energy)
     s = run.config.student
     summary = {
         "workdir": run.workdir,

@@ -63,7 +63,7 @@ from absl import logging
 from htakl_jax import checkpoint, evaluate, methods, parallel, runs, steps, train
 from htakl_jax import energy as energy_lib
 from htakl_jax import metrics as metrics_lib
-from htakl_jax.analysis import report, spike_stats, tables
+from htakl_jax.analysis import report, tables
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("hta_kl", "fkl", "ce", "rkl")
@@ -84,6 +84,7 @@ PURE_STEPS = {"gpu": 20, "cpu": 3, "smoke": 2}
 # prior duration in seconds (restore, one compile, the forward passes) before one was measured.
 SPIKE_IMAGES = 1000
 SPIKE_PRIOR_S = {"gpu": 30.0, "cpu": 60.0, "smoke": 30.0}
+ENERGY_KEYS = ("ops", "acs", "macs", "energy_mj")  # per image, of `energy.EnergyEstimate`
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
 
 
@@ -291,29 +292,26 @@ def results_table(record: dict[str, Any]) -> str:
 
 
 def spikes_table(record: dict[str, Any]) -> list[str]:
-    """Markdown lines (each starting with an empty one): the students' firing rates and energy
-    per image, where `add_spike_energy` measured them."""
+    """Markdown lines (each starting with an empty one): the paper's Table III (`tables.table3`,
+    the firing rate before the classifier) for the teacher and each student `add_spike_energy`
+    measured."""
     rows = [p for p in record["phases"] if p.get("spikes", {}).get("status") == "done"]
     if not rows:
         return []
     first = rows[0]["spikes"]
-    lines = [
-        "",
-        f"Firing rates and energy per image ({first['images']} test images, T = "
-        f"{first['timesteps']}; 0.9 pJ per AC, 4.6 pJ per MAC; the ANN teacher "
-        f"{first['teacher_energy_mj']:.4f} mJ, {first['teacher_ops'] / 1e6:.1f} M MACs):",
-        "",
-        "| Model | Firing rate (%) | Before classifier (%) | ACs (M) | MACs (M) | Energy (mJ) |",
-        "|---|---|---|---|---|---|",
-    ]
+    arch = record["config"]["model"]["name"]
+    teacher = {"method": "teacher", "architecture": arch, "firing_rate": None}
+    table = [teacher | {key: first[f"teacher_{key}"] for key in ENERGY_KEYS}]
     for p in rows:
         x = p["spikes"]
-        lines.append(
-            f"| {tables.method_label(p['name'])} | {100 * x['firing_rate']:.2f} | "
-            f"{100 * x['pre_classifier_rate']:.2f} | {x['acs'] / 1e6:.1f} | "
-            f"{x['macs'] / 1e6:.2f} | {x['energy_mj']:.4f} |"
-        )
-    return lines
+        student = {"method": p["name"], "architecture": f"{arch} T={x['timesteps']}"}
+        student["firing_rate"] = x["pre_classifier_rate"]
+        table.append(student | {key: x[key] for key in ENERGY_KEYS})
+    caption = (
+        f"Energy per image on {first['images']} test images ({energy_lib.E_AC_PJ} pJ per AC, "
+        f"{energy_lib.E_MAC_PJ} pJ per MAC; overall firing rates in results.json):"
+    )
+    return ["", caption, "", tables.markdown_table(*tables.table3(table)).rstrip("\n")]
 
 
 def write_outputs(out: Path, record: dict[str, Any], metrics: list[dict]) -> None:
@@ -461,7 +459,7 @@ def spike_energy(
 ) -> dict[str, Any]:
     """Firing rates and per-image ACs, MACs and energy (45 nm model, `htakl_jax.energy`) of the
     student checkpoint in `phase_dir` at its trained T on SPIKE_IMAGES test images (a fixed
-    random subset), with the ANN teacher's energy beside it; on one device."""
+    random subset), with the ANN teacher's beside them (`report.spikes_and_energy`)."""
     mesh = parallel.make_mesh(jax.devices()[:1])
     build = dict(num_classes=info.num_classes, bn_axis_name=None)
     student = runs.build_model(config, spiking=True, **build)
@@ -470,24 +468,22 @@ def spike_energy(
     )
     images, _ = report.image_subset(eval_ds.images, eval_ds.labels, info, SPIKE_IMAGES)
     t = int(config.student.timesteps)
-    batch = min(config.eval.batch_size, len(images))
-    stats = spike_stats(student, variables, images, timesteps=t, batch_size=batch)
-    ours = energy_lib.estimate_energy(stats.layers, stats.input_rates(), t)
-    shape = tuple(images.shape[1:])
-    teacher_model = runs.build_model(config, spiking=False, **build)
-    teacher = energy_lib.estimate_energy(energy_lib.count_macs(teacher_model, shape), {}, 1)
+    stats, ours, teacher = report.spikes_and_energy(
+        student,
+        variables,
+        runs.build_model(config, spiking=False, **build),
+        images,
+        timesteps=t,
+        batch_size=min(config.eval.batch_size, len(images)),
+    )
     return {
         "images": stats.num_examples,
         "timesteps": t,
         "firing_rate": stats.overall_rate,
         "pre_classifier_rate": stats.pre_classifier_rate,
         "layer_rates": stats.layer_rates(),
-        "ops": ours.ops,
-        "acs": ours.acs,
-        "macs": ours.macs,
-        "energy_mj": ours.energy_mj,
-        "teacher_ops": teacher.ops,
-        "teacher_energy_mj": teacher.energy_mj,
+        **{key: getattr(ours, key) for key in ENERGY_KEYS},
+        **{f"teacher_{key}": getattr(teacher, key) for key in ENERGY_KEYS},
     }
 
 
