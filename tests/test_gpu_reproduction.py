@@ -151,6 +151,34 @@ def test_a_student_with_a_non_finite_loss_is_recorded_as_failed_and_the_next_one
     assert reproduce.main([*argv, "--methods", "fkl"]) == 0
 
 
+def test_student_seed_reaches_the_students_and_not_the_teacher(packed_file, tmp_path, monkeypatch):
+    """--student-seed repeats the students from the same teacher: the teacher keeps config.seed."""
+    monkeypatch.setattr(reproduce.jax.config, "update", lambda *args: None)
+    seeds = {}
+
+    def fake_teacher(program, config, *args, **kwargs):
+        seeds["teacher"] = config.seed
+        phase = {"name": "teacher", "status": "done", "accuracy": {"ann": 0.5}} | _timing()
+        return phase, [], {"params": {}}
+
+    def fake_student(method, config, *args, **kwargs):
+        seeds[method] = config.seed
+        accuracy = {"1": 0.3, "2": 0.4, "4": 0.4}
+        return {"name": method, "status": "done", "accuracy": accuracy} | _timing(), []
+
+    monkeypatch.setattr(reproduce, "run_teacher", fake_teacher)
+    monkeypatch.setattr(reproduce, "run_student", fake_student)
+    monkeypatch.setattr(reproduce, "add_spike_energy", lambda *args, **kwargs: None)
+    out = tmp_path / "out"
+    argv = ["--data", str(packed_file), "--out", str(out), "--work", str(tmp_path), "--smoke"]
+    assert reproduce.main([*argv, "--methods", "hta_kl,fkl", "--student-seed", "3"]) == 0
+    assert seeds == {"teacher": 0, "hta_kl": 3, "fkl": 3}
+    record = json.loads((out / "results.json").read_text())
+    assert (record["student_seed"], record["config"]["seed"]) == (3, 0)
+    assert reproduce.main([*argv, "--methods", "fkl"]) == 0  # default: the teacher's seed
+    assert seeds["fkl"] == 0
+
+
 def test_spike_measurements_stop_when_the_budget_cannot_fit_one(tmp_path, monkeypatch):
     class Clock(reproduce.Budget):
         now = 100.0  # seconds since the start, of a 135 s budget

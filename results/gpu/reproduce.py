@@ -2,7 +2,7 @@
 
   bash results/gpu/run.sh PACKED_CIFAR10.npz OUT_DIR      # the GPU run (results/gpu/README.md)
   python results/gpu/reproduce.py --data FILE --out OUT [--work DIR] [--budget-s 540]
-      [--setting gpu|cpu|smoke] [--smoke]
+      [--setting gpu|cpu|smoke] [--smoke] [--student-seed N]
 
 One process (configs/gpu_cifar10.py): the full-width ResNet-20 ANN teacher on all 50,000 training
 images, then spiking students at T = 2 distilled from it with HTA-KL, FKL, CE (no KD) and, when
@@ -102,6 +102,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS), help="students, in run order")
     parser.add_argument(
         "--setting", choices=tuple(PRIORS), default="gpu", help="configs/gpu_cifar10.py:SETTING"
+    )
+    parser.add_argument(
+        "--student-seed",
+        type=int,
+        default=None,
+        help="the students' config.seed (default: the teacher's), to repeat students from the "
+        "same teacher",
     )
     parser.add_argument(
         "--smoke", action="store_const", const="smoke", dest="setting", help="--setting smoke"
@@ -246,6 +253,13 @@ def train_and_time(
         "step_in_epoch_over_pure": timing["step_ms_in_epoch"] / pure,
     }
     return timing, records
+
+
+def student_seeded(config: ml_collections.ConfigDict, seed: int | None):
+    """`config` with the students' seed (None: the teacher's, config.seed)."""
+    cfg = copy.deepcopy(config)
+    cfg.seed = config.seed if seed is None else seed
+    return cfg
 
 
 def student_config(config: ml_collections.ConfigDict, method: str, teacher_dir: Path):
@@ -532,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": json.loads(config.to_json()),
         "phases": [],
     }
+    student_base = student_seeded(config, args.student_seed)
+    record["student_seed"] = student_base.seed
     mesh = parallel.make_mesh()
     train_ds, eval_ds, info = load_data(config, record)
     kw = dict(mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info)
@@ -550,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             phase, records = run_student(
                 method,
-                config,
+                student_base,
                 work,
                 budget,
                 teacher=teacher,
