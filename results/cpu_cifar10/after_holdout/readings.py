@@ -1,0 +1,107 @@
+"""Seeds 0 and 1 of the width-1/4 recipe (README here) side by side, and the paired differences
+between its students -> readings.{md,json} here:
+
+  python results/cpu_cifar10/after_holdout/readings.py
+
+Seed 0: results.json (HTA-KL, FKL) and ce/results.json (CE); seed 1: seed1/results.json (all
+three, `seed1.sh`). Every student of both seeds distils the same teacher (seed 0, retrained for
+seed 1 and checked equal here). Differences in test-accuracy points, paired by student seed,
+with their two-sided 95% interval (Student t, n - 1 degrees of freedom; `analysis.stats`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from htakl_jax.analysis import stats
+
+HERE = Path(__file__).resolve().parent
+SEED_FILES = {0: ("results.json", "ce/results.json"), 1: ("seed1/results.json",)}
+NAMES = {"hta_kl": "HTA-KL", "fkl": "FKL", "ce": "CE (no KD)"}
+PAIRS = (("hta_kl", "fkl"), ("fkl", "ce"), ("hta_kl", "ce"))
+TIMESTEPS = ("1", "2", "4")
+
+
+def read_seed(files: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """{phase name: {"ann" or T: accuracy in %}} of the finished phases in `files` (one seed; a
+    phase in several files, the teacher, must agree)."""
+    found: dict[str, dict[str, float]] = {}
+    for file in files:
+        for phase in json.loads(file.read_text())["phases"]:
+            if phase["status"] != "done":
+                continue
+            acc = {k: 100 * v for k, v in phase["accuracy"].items()}
+            if found.setdefault(phase["name"], acc) != acc:
+                raise ValueError(f"{file}: {phase['name']} differs from the seed's other files")
+    return found
+
+
+def check_teachers(seeds: Mapping[int, Mapping[str, Mapping[str, float]]]) -> float:
+    """The one teacher accuracy every seed's students distilled; ValueError if they differ."""
+    teachers = {round(s["teacher"]["ann"], 4) for s in seeds.values()}
+    if len(teachers) != 1:
+        raise ValueError(f"the seeds' teachers differ: {sorted(teachers)} %")
+    return teachers.pop()
+
+
+def comparisons(seeds: Mapping[int, Mapping[str, Mapping[str, float]]]) -> list[dict]:
+    """One row per (pair, T): the per-seed differences and their paired statistics."""
+    rows = []
+    for a, b in PAIRS:
+        for t in TIMESTEPS:
+            diffs = [s[a][t] - s[b][t] for s in seeds.values()]
+            p = stats.paired_stats(diffs)
+            rows.append(
+                {"a": a, "b": b, "T": int(t), "diffs": diffs, "mean": p.mean, "std": p.std}
+                | {"low": p.low, "high": p.high, "n": p.n, "verdict": stats.verdict(p)}
+            )
+    return rows
+
+
+def markdown(seeds: Mapping[int, Mapping[str, Mapping[str, float]]], rows: list[dict]) -> str:
+    """readings.md: the accuracies per seed, then the paired differences."""
+    lines = [
+        "# Width-1/4 recipe after the hold-out fixes: seeds 0 and 1 (readings.py)",
+        "",
+        f"Teacher ANN: {check_teachers(seeds):.2f}% (the same for every seed).",
+        "",
+        "| Student | seed | SNN T=1 | T=2 | T=4 |",
+        "|---|---|---|---|---|",
+    ]
+    for m in NAMES:
+        for seed, acc in seeds.items():
+            lines.append(
+                f"| {NAMES[m]} | {seed} | "
+                + " | ".join(f"{acc[m][t]:.2f}" for t in TIMESTEPS)
+                + " |"
+            )
+    lines += [
+        "",
+        f"Paired by student seed ({len(seeds)} seeds), in test-accuracy points:",
+        "",
+        "| Difference | T | per seed | mean | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_seed = ", ".join(f"{d:+.2f}" for d in r["diffs"])
+        name = f"{NAMES[r['a']]} - {NAMES[r['b']]}"
+        lines.append(f"| {name} | {r['T']} | {per_seed} | {r['mean']:+.2f} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def readings(folder: Path = HERE) -> dict:
+    """Writes FOLDER/readings.{md,json} (see the module docstring); returns the JSON content."""
+    seeds = {s: read_seed([folder / f for f in files]) for s, files in SEED_FILES.items()}
+    teacher = check_teachers(seeds)
+    rows = comparisons(seeds)
+    (folder / "readings.md").write_text(markdown(seeds, rows))
+    content = {"accuracy": seeds, "teacher": teacher, "paired": rows}
+    (folder / "readings.json").write_text(json.dumps(content, indent=1) + "\n")
+    return content
+
+
+if __name__ == "__main__":
+    readings()
+    print((HERE / "readings.md").read_text())

@@ -1,0 +1,76 @@
+"""results/cpu_cifar10/after_holdout/readings.py on made-up results whose differences and
+intervals are computed by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location(
+    "readings", ROOT / "results/cpu_cifar10/after_holdout/readings.py"
+)
+readings = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(readings)
+
+T975_1DF = 12.706204736174698  # Student t quantile, 1 degree of freedom
+
+
+def _write(path: Path, phases: dict[str, dict[str, float] | None]) -> None:
+    records = [
+        {"name": n, "status": "done", "accuracy": a}
+        if a is not None
+        else {"name": n, "status": "skipped: budget"}
+        for n, a in phases.items()
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"phases": records}))
+
+
+def _acc(t1: float, t2: float, t4: float) -> dict[str, float]:
+    return {"1": t1, "2": t2, "4": t4}
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    teacher = {"ann": 0.8357}
+    _write(
+        tmp_path / "results.json",
+        {"teacher": teacher, "hta_kl": _acc(0.60, 0.65, 0.66), "fkl": _acc(0.59, 0.64, 0.66)},
+    )
+    _write(tmp_path / "ce/results.json", {"teacher": teacher, "ce": _acc(0.55, 0.60, 0.61)})
+    seed1 = {"teacher": teacher, "hta_kl": _acc(0.62, 0.68, 0.67)}
+    seed1 |= {"fkl": _acc(0.60, 0.65, 0.66), "ce": _acc(0.56, 0.62, 0.62), "rkl": None}
+    _write(tmp_path / "seed1/results.json", seed1)
+    return tmp_path
+
+
+def test_paired_differences_and_intervals(folder):
+    content = readings.readings(folder)
+    assert content["teacher"] == pytest.approx(83.57)
+    rows = {(r["a"], r["b"], r["T"]): r for r in content["paired"]}
+    # HTA-KL - FKL at T = 2: seed 0 +1, seed 1 +3 points; sd = 2 / sqrt 2, half = t * sd / sqrt 2.
+    r = rows["hta_kl", "fkl", 2]
+    assert r["diffs"] == pytest.approx([1.0, 3.0]) and r["mean"] == pytest.approx(2.0)
+    assert (r["low"], r["high"]) == pytest.approx((2 - T975_1DF, 2 + T975_1DF))
+    assert r["verdict"].startswith("not detected")
+    # FKL - CE at T = 4: +5, +4.
+    assert rows["fkl", "ce", 4]["diffs"] == pytest.approx([5.0, 4.0])
+    md = (folder / "readings.md").read_text()
+    assert "| HTA-KL | 1 | 62.00 | 68.00 | 67.00 |" in md
+    assert (
+        "| HTA-KL - FKL | 2 | +1.00, +3.00 | +2.00 | not detected (95% CI [-10.71, 14.71]) |" in md
+    )
+    assert json.loads((folder / "readings.json").read_text())["paired"] == content["paired"]
+
+
+def test_seeds_with_different_teachers_are_refused(folder):
+    _write(folder / "seed1/results.json", {"teacher": {"ann": 0.80}, "ce": _acc(0.5, 0.5, 0.5)})
+    with pytest.raises(ValueError, match="teachers differ"):
+        readings.readings(folder)
+    _write(folder / "ce/results.json", {"teacher": {"ann": 0.80}, "ce": _acc(0.5, 0.5, 0.5)})
+    with pytest.raises(ValueError, match="ce/results.json: teacher differs"):
+        readings.readings(folder)
