@@ -61,9 +61,16 @@ def test_paired_differences_and_intervals(folder):
     assert rows["fkl", "ce", 4]["diffs"] == pytest.approx([5.0, 4.0])
     md = (folder / "readings.md").read_text()
     assert "| HTA-KL | 1 | 62.00 | 68.00 | 67.00 |" in md
-    assert (
-        "| HTA-KL - FKL | 2 | +1.00, +3.00 | +2.00 | not detected (95% CI [-10.71, 14.71]) |" in md
+    # sd = sqrt 2 points: a paired t-test needs n with power >= 0.8 at a 1-point effect.
+    n = r["seeds_for_1_point"]
+    sd = 2**0.5
+    assert readings.stats.paired_t_power(n, sd, 1.0, 0.05) >= 0.8
+    assert readings.stats.paired_t_power(n - 1, sd, 1.0, 0.05) < 0.8
+    assert 16 <= n <= 20  # the normal approximation: (1.96 + 0.84)^2 * 2 = 15.7, plus t's tails
+    row = (
+        f"| HTA-KL - FKL | 2 | +1.00, +3.00 | +2.00 | not detected (95% CI [-10.71, 14.71]) | {n} |"
     )
+    assert row in md
     assert json.loads((folder / "readings.json").read_text())["paired"] == content["paired"]
 
 

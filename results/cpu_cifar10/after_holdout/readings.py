@@ -6,7 +6,9 @@ between its students -> readings.{md,json} here:
 Seed 0: results.json (HTA-KL, FKL) and ce/results.json (CE); seed 1: seed1/results.json (all
 three, `seed1.sh`). Every student of both seeds distils the same teacher (seed 0, retrained for
 seed 1 and checked equal here). Differences in test-accuracy points, paired by student seed,
-with their two-sided 95% interval (Student t, n - 1 degrees of freedom; `analysis.stats`).
+with their two-sided 95% interval (Student t, n - 1 degrees of freedom; `analysis.stats`) and the
+seeds a paired t-test would need to detect a true 1-point difference with 80% power were the
+spread the one observed.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def comparisons(seeds: Mapping[int, Mapping[str, Mapping[str, float]]]) -> list[
             rows.append(
                 {"a": a, "b": b, "T": int(t), "diffs": diffs, "mean": p.mean, "std": p.std}
                 | {"low": p.low, "high": p.high, "n": p.n, "verdict": stats.verdict(p)}
+                | {"seeds_for_1_point": p.seeds_needed}
             )
     return rows
 
@@ -81,13 +84,15 @@ def markdown(seeds: Mapping[int, Mapping[str, Mapping[str, float]]], rows: list[
         "",
         f"Paired by student seed ({len(seeds)} seeds), in test-accuracy points:",
         "",
-        "| Difference | T | per seed | mean | verdict |",
-        "|---|---|---|---|---|",
+        "| Difference | T | per seed | mean | verdict | seeds for 80% power at 1 point |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_seed = ", ".join(f"{d:+.2f}" for d in r["diffs"])
         name = f"{NAMES[r['a']]} - {NAMES[r['b']]}"
-        lines.append(f"| {name} | {r['T']} | {per_seed} | {r['mean']:+.2f} | {r['verdict']} |")
+        needed = r["seeds_for_1_point"] or f"> {stats.MAX_SEEDS}"
+        cells = f"{per_seed} | {r['mean']:+.2f} | {r['verdict']} | {needed}"
+        lines.append(f"| {name} | {r['T']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
