@@ -175,6 +175,7 @@ def test_student_seed_reaches_the_students_and_not_the_teacher(packed_file, tmp_
     assert seeds == {"teacher": 0, "hta_kl": 3, "fkl": 3}
     record = json.loads((out / "results.json").read_text())
     assert (record["student_seed"], record["config"]["seed"]) == (3, 0)
+    assert "seeds: teacher 0, students 3;" in (out / "results.md").read_text()
     assert reproduce.main([*argv, "--methods", "fkl"]) == 0  # default: the teacher's seed
     assert seeds["fkl"] == 0
 

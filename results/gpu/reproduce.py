@@ -299,7 +299,8 @@ def results_table(record: dict[str, Any]) -> str:
     lines += spikes_table(record) + [
         "",
         f"Paper (ResNet-20, CIFAR-10): {PAPER}. Device: {', '.join(env['devices'])}; "
-        f"{record['elapsed_s']:.0f} s of a {record['budget_s']:.0f} s budget; commit "
+        f"{record['elapsed_s']:.0f} s of a {record['budget_s']:.0f} s budget; seeds: teacher "
+        f"{record['config']['seed']}, students {record.get('student_seed', '-')}; commit "
         f"{env['commit'] or 'unknown'}; JAX {env['versions']['jax']}.",
     ]
     return "\n".join(lines) + "\n"
