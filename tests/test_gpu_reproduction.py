@@ -178,8 +178,12 @@ def test_student_seed_reaches_the_students_and_not_the_teacher(packed_file, tmp_
     record = json.loads((out / "results.json").read_text())
     assert (record["student_seed"], record["config"]["seed"]) == (3, 0)
     assert "seeds: teacher 0, students 3;" in (out / "results.md").read_text()
-    assert reproduce.main([*argv, "--methods", "fkl"]) == 0  # default: the teacher's seed
-    assert seeds["fkl"] == 0
+    # A finished student of seed 3 is not resumed by a run of another seed: refused at once.
+    with pytest.raises(ValueError, match=r"fkl holds a student of seed 3, not 0"):
+        reproduce.main([*argv, "--methods", "fkl"])
+    assert seeds["fkl"] == 3 and (tmp_path / "fkl" / "seed").read_text() == "3\n"
+    assert reproduce.main([*argv, "--methods", "ce"]) == 0  # default: the teacher's seed
+    assert seeds["ce"] == 0
 
 
 def test_spike_measurements_stop_when_the_budget_cannot_fit_one(tmp_path, monkeypatch):
