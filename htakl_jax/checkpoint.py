@@ -7,8 +7,9 @@ Each checkpoint holds three items:
   variables  {'params', 'batch_stats'}  (all a user of the trained model needs)
   train      {'step', 'opt_state'} and, for a distillation method with trainable parts,
              'method' (their variables and optimizer state): what resuming needs in addition
-  meta       JSON: epoch, eval accuracy, best accuracy, whether the phase finished, and the model
-             description (name, width_mult, num_classes, spiking, timesteps) checked on restore.
+  meta       JSON: epoch, eval accuracy, best accuracy, whether the phase finished, the model
+             description (name, width_mult, num_classes, spiking, timesteps) checked on restore,
+             and config.seed, which a resume must share (`train`).
 The RNG is not stored: every random stream derives from (config.seed, step).
 
 Damaged checkpoints: Orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames on success, so a

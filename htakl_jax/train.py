@@ -94,15 +94,22 @@ def _restore_or_init(
     model = runs.model_meta(config, num_classes=program.model.num_classes, spiking=program.spiking)
     if checkpoints.latest_step() is None:
         meta = {"epoch": 0, "best_accuracy": -1.0, "eval_accuracy": None}
-        return program.init_fn(key), meta | {"model": model}
+        return program.init_fn(key), meta | {"model": model, "seed": config.seed}
     abstract = jax.eval_shape(program.init_fn, key)
     state, meta = checkpoints.restore_latest(
         ckpt_lib.abstract_like(abstract, parallel.replicated(mesh))
     )
+    # The RNG is not stored but derived from (config.seed, step): another seed would continue a
+    # run on random streams it never had. Checkpoints from before the seed was stored pass.
+    if meta.get("seed", config.seed) != config.seed:
+        raise ValueError(
+            f"{checkpoints.phase_dir} holds a run of seed {meta['seed']}, not config.seed "
+            f"{config.seed}: use another workdir to train this seed"
+        )
     logging.info(
         "%s: resumed from step %d (%s)", program.phase, int(state.step), checkpoints.phase_dir
     )
-    return state, meta | {"model": model}
+    return state, meta | {"model": model, "seed": config.seed}
 
 
 def _fmt_eta(seconds: float) -> str:

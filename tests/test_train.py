@@ -156,6 +156,19 @@ def test_disk_full_stops_with_one_error_and_the_rerun_resumes(setup, tmp_path, m
     assert meta["finished"] and int(_latest(setup, tmp_path)[0].step) == 8
 
 
+def test_a_resume_with_another_seed_is_refused(setup, uninterrupted, tmp_path):
+    """The random streams derive from (config.seed, step): a finished or interrupted run of one
+    seed is not continued under another; the same seed resumes as before."""
+    config = setup[0]
+    workdir, _ = uninterrupted
+    other = (config.copy_and_resolve_references(), *setup[1:])
+    other[0].seed = config.seed + 1
+    with pytest.raises(ValueError, match=rf"holds a run of seed {config.seed}, not config.seed"):
+        _teacher(other, workdir)
+    assert _latest(setup, workdir)[1]["seed"] == config.seed
+    assert _teacher(setup, workdir)["finished"]  # its own seed: restored, nothing to train
+
+
 def test_train_phase_rejects_bad_arguments(setup, tmp_path):
     config, program, train_ds, eval_ds, mesh = setup
     with pytest.raises(ValueError, match="phase must be one of"):

@@ -264,21 +264,6 @@ def student_seeded(
     return cfg
 
 
-def claim_student_folders(work: Path, methods: Sequence[str], seed: int) -> None:
-    """Marks WORK/<method>/seed with the students' seed, so that a finished student is resumed
-    only by a run with its seed; ValueError naming the folder where another seed's student is."""
-    for method in methods:
-        marker = work / method / "seed"
-        if marker.exists() and int(marker.read_text()) != seed:
-            raise ValueError(
-                f"{marker.parent} holds a student of seed {int(marker.read_text())}, not {seed}: "
-                "use another --work (the teacher folder can be copied over)"
-            )
-    for method in methods:
-        (work / method).mkdir(parents=True, exist_ok=True)
-        (work / method / "seed").write_text(f"{seed}\n")
-
-
 def student_config(config: ml_collections.ConfigDict, method: str, teacher_dir: Path):
     """The base config distilling with `method` from the teacher phase in `teacher_dir`."""
     cfg = copy.deepcopy(config)
@@ -566,7 +551,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     student_base = student_seeded(config, args.student_seed)
     record["student_seed"] = student_base.seed
-    claim_student_folders(work, args.methods, student_base.seed)
     mesh = parallel.make_mesh()
     train_ds, eval_ds, info = load_data(config, record)
     kw = dict(mesh=mesh, train_ds=train_ds, eval_ds=eval_ds, info=info)
