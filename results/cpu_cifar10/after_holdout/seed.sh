@@ -6,12 +6,14 @@
 # student of another seed (train refuses that resume); a finished seed-0 teacher in WORK/teacher
 # is restored instead of retrained.
 #
-#   bash results/cpu_cifar10/after_holdout/seed.sh SEED PACKED_CIFAR10.npz WORK OUT_DIR
+#   bash results/cpu_cifar10/after_holdout/seed.sh SEED PACKED_CIFAR10.npz WORK OUT_DIR [flags]
+#
+# Further flags go to reproduce.py after these (the last --methods wins).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-if [ $# -ne 4 ]; then
-  echo "usage: bash $0 SEED PACKED_CIFAR10.npz WORK OUT_DIR" >&2
+if [ $# -lt 4 ]; then
+  echo "usage: bash $0 SEED PACKED_CIFAR10.npz WORK OUT_DIR [reproduce.py flags]" >&2
   exit 2
 fi
 bash results/gpu/run.sh "$2" "$4" --setting cpu --budget-s 7200 --work "$3" \
-  --methods hta_kl,fkl,ce --student-seed "$1"
+  --methods hta_kl,fkl,ce --student-seed "$1" "${@:5}"
