@@ -269,6 +269,40 @@ def test_phase_timing_excludes_the_compiling_first_epoch():
     assert timing["step_ms_in_epoch"] == pytest.approx(20.0)
 
 
+def test_a_resumed_phase_is_timed_on_the_epochs_this_run_trained(tmp_path, monkeypatch):
+    """A phase found in WORK: earlier epochs (another process's) do not enter its timing, and a
+    finished one is reported as restored, with no speed (`train.train_phase` stubbed)."""
+    metrics = Path(reproduce.runs.phase_dir(str(tmp_path), "teacher")) / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text("".join(json.dumps({"epoch_time_s": t}) + "\n" for t in (30.0, 9.0)))
+    new_epochs: list[float] = []
+
+    def train_phase(*args, **kwargs):
+        with open(metrics, "a") as f:
+            f.writelines(json.dumps({"epoch_time_s": t}) + "\n" for t in new_epochs)
+
+    monkeypatch.setattr(reproduce.train, "train_phase", train_phase)
+    monkeypatch.setattr(reproduce, "pure_step_ms", lambda *args: 1.0)
+    program = type("Program", (), {"phase": "teacher", "steps_per_epoch": 10, "spiking": False})
+    config = reproduce.ml_collections.ConfigDict({"teacher": {"batch_size": 4}})
+    kw = dict(mesh=None, train_ds=None, eval_ds=None, teacher_variables=None, pure_steps=1)
+    timing, records = reproduce.train_and_time(program, config, tmp_path, **kw)
+    assert timing == timing | {"epochs_run": 0, "epochs_restored": 2} and len(records) == 2
+    assert "train_images_per_s" not in timing
+    phase = {"name": "teacher", "status": "done", "accuracy": {"ann": 0.5}, "wall_s": 3.0}
+    record = {"phases": [phase | timing], "environment": {"devices": ["cpu"], "commit": None}}
+    record |= {"elapsed_s": 3.0, "budget_s": 9.0, "config": {"seed": 0}}
+    record["environment"]["versions"] = {"jax": "x"}
+    table = reproduce.results_table(record)
+    assert "| Teacher ANN | 0 (+2 restored) | 50.00 | - | - | - | 3 | - | - |" in table
+    # Resumed part-way: 3 more epochs, the first of them compiling.
+    new_epochs[:] = [20.0, 2.0, 4.0]
+    timing, records = reproduce.train_and_time(program, config, tmp_path, **kw)
+    assert (timing["epochs_run"], timing["epochs_restored"], len(records)) == (3, 2, 5)
+    assert timing["median_epoch_s"] == 3.0 and timing["epoch_s_total"] == 26.0
+    assert timing["train_images_per_s"] == pytest.approx(10 * 4 / 3.0)
+
+
 def _bash(script: str, **env: str) -> subprocess.CompletedProcess:
     """`script` in bash at the repository root, with this interpreter first on PATH as python3."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"

@@ -227,7 +227,10 @@ def train_and_time(
     teacher_variables: Any,
     pure_steps: int,
 ) -> tuple[dict[str, Any], list[dict]]:
-    """Trains one phase; returns its timing record and its per-epoch metrics records."""
+    """Trains one phase; returns its timing record and its per-epoch metrics records (the
+    timing from the epochs this call ran: a phase resumed from WORK has earlier ones)."""
+    path = Path(runs.phase_dir(str(workdir), program.phase)) / metrics_lib.METRICS_FILE
+    restored = len(metrics_lib.read_metrics(path)) if path.exists() else 0
     start = time.perf_counter()
     train.train_phase(
         program,
@@ -239,10 +242,12 @@ def train_and_time(
         teacher_variables=teacher_variables,
     )
     train_s = time.perf_counter() - start
-    path = Path(runs.phase_dir(str(workdir), program.phase)) / metrics_lib.METRICS_FILE
     records = metrics_lib.read_metrics(path)
+    if len(records) == restored:  # finished before: restored, nothing to time
+        return {"epochs_run": 0, "epochs_restored": restored, "train_s": train_s}, records
     batch_size = config[program.phase].batch_size
-    timing = phase_timing(records, program.steps_per_epoch, batch_size)
+    timing = phase_timing(records[restored:], program.steps_per_epoch, batch_size)
+    timing["epochs_restored"] = restored
     extra = (teacher_variables,) if program.spiking else ()
     pure = pure_step_ms(program, batch_size, mesh, train_ds, extra, pure_steps)
     timing |= {
@@ -279,6 +284,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+# The speed columns of results_table (a phase restored from WORK has none) and their formats.
+_SPEED_CELLS = (
+    ("wall_s", ".0f"),
+    ("train_images_per_s", ".0f"),
+    ("step_in_epoch_over_pure", ".2f"),
+)
+
+
 def results_table(record: dict[str, Any]) -> str:
     """Markdown: one row per phase, test accuracies in percent."""
     columns = ["Model", "Epochs", "ANN", "SNN T=1", "T=2", "T=4", "Wall (s)", "Train img/s"]
@@ -291,12 +304,11 @@ def results_table(record: dict[str, Any]) -> str:
             continue
         acc = p["accuracy"]
         cells = [_pct(acc.get("ann"))] + [_pct(acc.get(t)) for t in ("1", "2", "4")]
-        lines.append(
-            f"| {label} | {p['epochs_run']} | "
-            + " | ".join(cells)
-            + f" | {p['wall_s']:.0f} | {p['train_images_per_s']:.0f}"
-            + f" | {p['step_in_epoch_over_pure']:.2f} |"
+        epochs = f"{p['epochs_run']}" + (
+            f" (+{p['epochs_restored']} restored)" if p.get("epochs_restored") else ""
         )
+        speed = [f"{p[k]:{f}}" if k in p else "-" for k, f in _SPEED_CELLS]
+        lines.append(f"| {label} | {epochs} | " + " | ".join(cells + speed) + " |")
     env = record["environment"]
     lines += spikes_table(record) + [
         "",
