@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 SEED_FILES = {
     0: ("results.json", "ce/results.json"),
     1: ("seed1/results.json",),
+    2: ("seed2/results.json",),
 }
 NAMES = {"hta_kl": "HTA-KL", "fkl": "FKL", "ce": "CE (no KD)"}
 PAIRS = (("hta_kl", "fkl"), ("fkl", "ce"), ("hta_kl", "ce"))
