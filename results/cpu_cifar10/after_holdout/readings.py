@@ -24,6 +24,7 @@ SEED_FILES = {
     0: ("results.json", "ce/results.json"),
     1: ("seed1/results.json",),
     2: ("seed2/results.json",),
+    3: ("seed3/results.json",),  # HTA-KL and FKL only
 }
 NAMES = {"hta_kl": "HTA-KL", "fkl": "FKL", "ce": "CE (no KD)"}
 PAIRS = (("hta_kl", "fkl"), ("fkl", "ce"), ("hta_kl", "ce"))
