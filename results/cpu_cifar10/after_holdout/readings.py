@@ -84,12 +84,11 @@ def markdown(
         "|---|---|---|---|---|",
     ]
     for m in NAMES:
-        for seed, acc in ((seed, acc) for seed, acc in seeds.items() if m in acc):
-            lines.append(
-                f"| {NAMES[m]} | {seed} | "
-                + " | ".join(f"{acc[m][t]:.2f}" for t in TIMESTEPS)
-                + " |"
-            )
+        lines += [
+            f"| {NAMES[m]} | {seed} | " + " | ".join(f"{acc[m][t]:.2f}" for t in TIMESTEPS) + " |"
+            for seed, acc in seeds.items()
+            if m in acc
+        ]
     lines += [
         "",
         "Paired by student seed (over the seeds that trained both), in test-accuracy points:",
@@ -99,10 +98,9 @@ def markdown(
     ]
     for r in rows:
         per_seed = ", ".join(f"{d:+.2f}" for d in r["diffs"])
-        per_seed = f"{_and(r['seeds'])} | {per_seed}"
         name = f"{NAMES[r['a']]} - {NAMES[r['b']]}"
         needed = r["seeds_for_1_point"] or f"> {stats.MAX_SEEDS}"
-        cells = f"{per_seed} | {r['mean']:+.2f} | {r['verdict']} | {needed}"
+        cells = f"{_and(r['seeds'])} | {per_seed} | {r['mean']:+.2f} | {r['verdict']} | {needed}"
         lines.append(f"| {name} | {r['T']} | {cells} |")
     return "\n".join(lines) + "\n"
 
